@@ -1,0 +1,2 @@
+# brisk.xml: libexpat for the stream parser.
+LIBS_xml = -lexpat

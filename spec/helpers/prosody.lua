@@ -1,0 +1,515 @@
+-- spec/helpers/prosody.lua — start a real Prosody for a spec, and talk to it.
+--
+-- prosody.start{...} writes a config into a fresh temporary folder, starts
+-- Debian's Prosody on free loopback ports with it, creates accounts and waits
+-- until c2s accepts connections. srv:connect() returns a real XMPP client
+-- (TCP, stream, SASL PLAIN, resource binding) whose incoming stream is parsed
+-- by stock util.xmppstream. Servers are stopped by srv:stop(), and in any case
+-- when the spec process exits, so a failing spec never leaves one behind.
+
+local socket = require "socket";
+local st = require "util.stanza";
+local base64 = require "util.encodings".base64;
+
+local M = {};
+
+local ROOT = os.getenv("BRISK_ROOT") or (function ()
+	-- This file is <root>/spec/helpers/prosody.lua.
+	local src = debug.getinfo(1, "S").source:match("^@(.*)$") or "";
+	local dir = src:match("^(.*)/spec/helpers/[^/]*$");
+	if dir and dir ~= "" then
+		if dir:sub(1, 1) ~= "/" then dir = os.getenv("PWD") .. "/" .. dir; end
+		return dir;
+	end
+	return os.getenv("PWD");
+end)();
+M.root = ROOT;
+
+local function sh(cmd)
+	local f = assert(io.popen(cmd, "r"));
+	local out = f:read("a");
+	local ok, how, code = f:close();
+	return out, ok, how, code;
+end
+
+local function shell_quote(s)
+	return "'" .. tostring(s):gsub("'", "'\\''") .. "'";
+end
+M.shell_quote = shell_quote;
+
+local function read_file(path)
+	local f = io.open(path, "rb");
+	if not f then return nil; end
+	local data = f:read("a");
+	f:close();
+	return data;
+end
+
+local function write_file(path, data)
+	local f = assert(io.open(path, "wb"));
+	assert(f:write(data));
+	f:close();
+end
+
+local function is_root()
+	return (sh("id -u")):match("^0") ~= nil;
+end
+
+-- A port the kernel has just handed out and released; good enough on a
+-- machine where only our own specs compete for loopback ports.
+function M.free_port()
+	local s = assert(socket.bind("127.0.0.1", 0));
+	local _, port = s:getsockname();
+	s:close();
+	return tonumber(port);
+end
+
+-- Serialize a Lua value as Lua source, for the generated config. Keys are
+-- sorted so that configs are stable and diffable.
+local function serialize(v, indent)
+	indent = indent or "";
+	local t = type(v);
+	if t == "string" then
+		return string.format("%q", v);
+	elseif t == "number" or t == "boolean" or t == "nil" then
+		return tostring(v);
+	elseif t == "table" then
+		local parts, n = {}, #v;
+		for i = 1, n do
+			parts[#parts + 1] = indent .. "\t" .. serialize(v[i], indent .. "\t");
+		end
+		local keys = {};
+		for k in pairs(v) do
+			if not (math.type(k) == "integer" and k >= 1 and k <= n) then
+				keys[#keys + 1] = k;
+			end
+		end
+		table.sort(keys, function (a, b) return tostring(a) < tostring(b); end);
+		for _, k in ipairs(keys) do
+			local key = type(k) == "string" and k:match("^[%a_][%w_]*$") and k
+				or ("[" .. serialize(k) .. "]");
+			parts[#parts + 1] = indent .. "\t" .. key .. " = " .. serialize(v[k], indent .. "\t");
+		end
+		if #parts == 0 then return "{}"; end
+		return "{\n" .. table.concat(parts, ";\n") .. ";\n" .. indent .. "}";
+	end
+	error("cannot put a " .. t .. " into a Prosody config");
+end
+M.serialize = serialize;
+
+local live = {};
+
+local server_methods = {};
+local server_mt = { __index = server_methods };
+
+local function pid_alive(pid)
+	if not pid then return false; end
+	local stat = read_file("/proc/" .. pid .. "/stat");
+	if not stat then return false; end
+	-- A zombie has exited; nothing will reap it if its parent is gone.
+	local state = stat:match("^%d+ %b() (%a)");
+	return state ~= "Z" and state ~= "X";
+end
+M.pid_alive = pid_alive;
+
+local function wait_for(pred, timeout, step)
+	local deadline = socket.gettime() + timeout;
+	repeat
+		if pred() then return true; end
+		socket.sleep(step or 0.05);
+	until socket.gettime() > deadline;
+	return pred();
+end
+M.wait_for = wait_for;
+
+local BASE_MODULES = { "roster", "saslauth", "disco", "ping", "time", "version", "private", "vcard", "register", "admin_shell" };
+
+function M.config_text(opts)
+	local dir = opts.dir;
+	local lines = {};
+	local function set(k, v) lines[#lines + 1] = k .. " = " .. serialize(v); end
+	if is_root() then
+		-- Prosody refuses to run as root unless told; CI runs specs as root.
+		set("run_as_root", true);
+	end
+	set("pidfile", dir .. "/prosody.pid");
+	set("data_path", dir .. "/data");
+	set("certificates", dir .. "/certs");
+	local plugin_paths = { ROOT .. "/lualib", ROOT .. "/spec/helpers/plugins" };
+	for _, p in ipairs(opts.plugin_paths or {}) do table.insert(plugin_paths, 1, p); end
+	set("plugin_paths", plugin_paths);
+	set("log", { { levels = { min = opts.log_level or "debug" }, to = "file", filename = dir .. "/prosody.log" } });
+	set("daemonize", false);
+	set("interfaces", { "127.0.0.1" });
+	set("local_interfaces", { "127.0.0.1" });
+	set("c2s_ports", { opts.port });
+	set("c2s_direct_tls_ports", {});
+	set("legacy_ssl_ports", {});
+	set("s2s_ports", {});
+	set("s2s_direct_tls_ports", {});
+	set("component_ports", {});
+	set("http_ports", { opts.http_port });
+	set("http_interfaces", { "127.0.0.1" });
+	set("https_ports", {});
+	set("admin_socket", dir .. "/prosody.sock");
+	set("c2s_require_encryption", false);
+	set("allow_unencrypted_plain_auth", true);
+	set("allow_registration", false);
+	set("authentication", "internal_hashed");
+	-- Specs hammer the server from one address; stock rate limits would skew them.
+	set("limits", {});
+	local mods = { "spec_ready" };
+	for _, m in ipairs(BASE_MODULES) do mods[#mods + 1] = m; end
+	for _, m in ipairs(opts.modules or {}) do mods[#mods + 1] = m; end
+	set("modules_enabled", mods);
+	set("modules_disabled", { "s2s", "tls", "bosh" });
+	if opts.storage then set("storage", opts.storage); end
+	if opts.default_storage then set("default_storage", opts.default_storage); end
+	for k, v in pairs(opts.config or {}) do set(k, v); end
+	lines[#lines + 1] = "";
+	lines[#lines + 1] = "VirtualHost " .. serialize(opts.host);
+	if opts.host_modules then set("modules_enabled", opts.host_modules); end
+	for k, v in pairs(opts.host_config or {}) do set(k, v); end
+	lines[#lines + 1] = "";
+	return "-- Generated by spec/helpers/prosody.lua\n" .. table.concat(lines, "\n");
+end
+
+-- opts: modules, host_modules, config, host_config, accounts, storage,
+-- default_storage, host, log_level, plugin_paths, env (table of extra
+-- environment variables for the server process).
+function M.start(opts)
+	opts = opts or {};
+	local dir = (sh("mktemp -d /tmp/brisk-prosody-XXXXXX")):gsub("%s+$", "");
+	assert(dir ~= "", "mktemp failed");
+	os.execute("mkdir -p " .. shell_quote(dir .. "/data") .. " " .. shell_quote(dir .. "/certs"));
+	local srv = setmetatable({
+		dir = dir;
+		host = opts.host or "localhost";
+		port = M.free_port();
+		http_port = M.free_port();
+		opts = opts;
+		config_path = dir .. "/prosody.cfg.lua";
+		log_path = dir .. "/prosody.log";
+		stdout_path = dir .. "/stdout.log";
+		clients = {};
+	}, server_mt);
+	local copts = {};
+	for k, v in pairs(opts) do copts[k] = v; end
+	copts.dir, copts.port, copts.http_port, copts.host = dir, srv.port, srv.http_port, srv.host;
+	write_file(srv.config_path, opts.config_text or M.config_text(copts));
+	live[srv] = true;
+	for user, pw in pairs(opts.accounts or {}) do
+		srv:register(user, pw);
+	end
+	srv:_launch();
+	return srv;
+end
+
+function server_methods:_env_prefix()
+	local parts = {};
+	for k, v in pairs(self.opts.env or {}) do
+		parts[#parts + 1] = k .. "=" .. shell_quote(v);
+	end
+	return table.concat(parts, " ");
+end
+
+function server_methods:_launch()
+	os.remove(self.dir .. "/data/ready");
+	local cmd = string.format("cd %s && %s exec prosody --config %s -F >>%s 2>&1 </dev/null & echo $!",
+		shell_quote(self.dir), self:_env_prefix(), shell_quote(self.config_path), shell_quote(self.stdout_path));
+	self.pid = tonumber((sh(cmd)):match("%d+"));
+	assert(self.pid, "could not start prosody");
+	local ok = wait_for(function ()
+		if not pid_alive(self.pid) then return true; end
+		return read_file(self.dir .. "/data/ready") ~= nil;
+	end, tonumber(os.getenv("BRISK_SERVER_START_TIMEOUT")) or 30, 0.05);
+	if not ok or not pid_alive(self.pid) then
+		local log = (self:log_text() or "") .. "\n" .. (read_file(self.stdout_path) or "");
+		self:stop();
+		error("prosody did not start; its output:\n" .. log:sub(-4000), 2);
+	end
+end
+
+function server_methods:log_text()
+	return read_file(self.log_path) or "";
+end
+
+function server_methods:stdout_text()
+	return read_file(self.stdout_path) or "";
+end
+
+-- Error-level log lines (with any traceback lines following them), and any
+-- sanitizer or Lua panic report the process printed. Specs assert this is
+-- empty; `ignore` is a list of Lua patterns for errors a spec expects.
+function server_methods:errors(ignore)
+	local errs = {};
+	local in_error = false;
+	for line in self:log_text():gmatch("[^\n]+") do
+		if line:match("^%S+ %d+ [%d:]+ [^\t]*\terror\t") or line:match("^[^\t]*\terror\t") then
+			errs[#errs + 1] = line;
+			in_error = true;
+		elseif in_error and line:match("^%s") then
+			errs[#errs] = errs[#errs] .. "\n" .. line;
+		else
+			in_error = false;
+		end
+	end
+	local out = self:stdout_text();
+	for report in out:gmatch("[^\n]*[Ss]anitizer[^\n]*") do errs[#errs + 1] = report; end
+	for report in out:gmatch("[^\n]*runtime error:[^\n]*") do errs[#errs + 1] = report; end
+	for report in out:gmatch("[^\n]*PANIC[^\n]*") do errs[#errs + 1] = report; end
+	if ignore then
+		local kept = {};
+		for _, e in ipairs(errs) do
+			local skip = false;
+			for _, pat in ipairs(ignore) do
+				if e:match(pat) then skip = true; break; end
+			end
+			if not skip then kept[#kept + 1] = e; end
+		end
+		errs = kept;
+	end
+	return errs;
+end
+
+function server_methods:prosodyctl(...)
+	local args = { "prosodyctl", "--config", shell_quote(self.config_path) };
+	for _, a in ipairs({ ... }) do args[#args + 1] = shell_quote(a); end
+	local out, ok = sh(self:_env_prefix() .. " " .. table.concat(args, " ") .. " 2>&1 </dev/null");
+	return out, ok;
+end
+
+function server_methods:register(user, password)
+	local out, ok = self:prosodyctl("register", user, self.host, password);
+	assert(ok, "prosodyctl register " .. user .. " failed: " .. out);
+end
+
+function server_methods:signal(sig)
+	if pid_alive(self.pid) then
+		os.execute("kill -" .. sig .. " " .. self.pid .. " 2>/dev/null");
+	end
+end
+
+function server_methods:kill(sig)
+	self:signal(sig or "KILL");
+	wait_for(function () return not pid_alive(self.pid); end, 10);
+	self:_drop_clients();
+end
+
+function server_methods:_drop_clients()
+	for c in pairs(self.clients) do c:kill(); end
+end
+
+function server_methods:stop()
+	if self.pid and pid_alive(self.pid) then
+		self:signal("TERM");
+		if not wait_for(function () return not pid_alive(self.pid); end, 15) then
+			self:signal("KILL");
+			wait_for(function () return not pid_alive(self.pid); end, 5);
+		end
+	end
+	self:_drop_clients();
+	live[self] = nil;
+end
+
+function server_methods:restart()
+	self:stop();
+	live[self] = true;
+	self:_launch();
+end
+
+-- Prosody's pid and resident memory in kB, for memory checks.
+function server_methods:rss_kb()
+	local status = read_file("/proc/" .. self.pid .. "/status") or "";
+	return tonumber(status:match("VmRSS:%s*(%d+)"));
+end
+
+-- A handle on the exit path: servers still running when the spec process
+-- closes its Lua state are killed, even after a failing spec.
+M._reaper = setmetatable({}, { __gc = function ()
+	for srv in pairs(live) do pcall(srv.stop, srv); end
+end });
+
+------------------------------------------------------------------------
+-- The client.
+
+local client_methods = {};
+local client_mt = { __index = client_methods };
+
+local STREAM_NS = "http://etherx.jabber.org/streams";
+
+local function new_parser(client)
+	local xmppstream = require "util.xmppstream";
+	-- xmppstream only accepts a stream header while session.notopen is set.
+	local session = { notopen = true };
+	client.session = session;
+	local callbacks = {
+		stream_ns = STREAM_NS;
+		stream_tag = "stream";
+		default_ns = "jabber:client";
+		streamopened = function (sess, attr)
+			sess.notopen = nil;
+			client.stream_attr = attr;
+		end;
+		streamclosed = function () client.closed_by_server = true; end;
+		handlestanza = function (_, stanza) table.insert(client.queue, stanza); end;
+		error = function (_, err, data)
+			client.stream_error = err;
+			client.stream_error_data = data;
+			if err == "stream-error" then table.insert(client.queue, data); end
+		end;
+	};
+	return xmppstream.new(session, callbacks, 10 * 1024 * 1024);
+end
+
+local function stream_header(host)
+	return "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+		.. "xmlns:stream='http://etherx.jabber.org/streams' to='" .. host .. "' version='1.0'>";
+end
+
+-- A TCP connection with an XMPP stream open, not yet authenticated.
+function server_methods:open_stream()
+	local conn = assert(socket.tcp());
+	assert(conn:connect("127.0.0.1", self.port));
+	conn:settimeout(0);
+	local c = setmetatable({ conn = conn, server = self, queue = {}, host = self.host }, client_mt);
+	c.parser = new_parser(c);
+	self.clients[c] = true;
+	c:send(stream_header(self.host));
+	assert(c:receive(10, function (s) return s.name == "features"; end), "no stream features");
+	return c;
+end
+
+function server_methods:connect(user, password, resource)
+	local c = self:open_stream();
+	local ok, err = c:auth(user, password);
+	if not ok then c:kill(); error(err, 2); end
+	assert(c:bind(resource or "spec"));
+	return c;
+end
+
+function client_methods:auth(user, password)
+	self:send(st.stanza("auth", { xmlns = "urn:ietf:params:xml:ns:xmpp-sasl", mechanism = "PLAIN" })
+		:text(base64.encode("\0" .. user .. "\0" .. password)));
+	local reply = self:receive(10, function (s)
+		return s.attr.xmlns == "urn:ietf:params:xml:ns:xmpp-sasl";
+	end);
+	if not reply or reply.name ~= "success" then
+		return nil, "SASL failed for " .. user .. ": " .. (reply and tostring(reply) or "timeout");
+	end
+	self.user = user;
+	-- After SASL success both sides restart the stream.
+	self.parser:reset();
+	self.session.notopen = true;
+	self:send(stream_header(self.host));
+	assert(self:receive(10, function (s) return s.name == "features"; end), "no features after SASL");
+	return true;
+end
+
+function client_methods:bind(resource)
+	local reply = self:iq(st.iq({ type = "set", id = "bind" })
+		:tag("bind", { xmlns = "urn:ietf:params:xml:ns:xmpp-bind" })
+		:text_tag("resource", resource), 10);
+	assert(reply and reply.attr.type == "result", "bind failed: " .. tostring(reply));
+	self.jid = reply:get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind"):get_child_text("jid");
+	return self.jid;
+end
+
+function client_methods:send(data)
+	data = tostring(data);
+	self.conn:settimeout(10);
+	local i = 1;
+	while i <= #data do
+		local sent, err, partial = self.conn:send(data, i);
+		if not sent then
+			if err ~= "timeout" then self.conn:settimeout(0); return nil, err; end
+			sent = partial;
+		end
+		i = sent + 1;
+	end
+	self.conn:settimeout(0);
+	return true;
+end
+
+-- Read whatever is on the socket into the parser; false once it is closed.
+function client_methods:_pump(wait)
+	local r = socket.select({ self.conn }, nil, wait);
+	if not r or #r == 0 then return true; end
+	local data, err, partial = self.conn:receive(65536);
+	data = data or partial;
+	if data and #data > 0 then
+		local ok, perr = self.parser:feed(data);
+		if not ok then self.parse_error = perr; end
+	end
+	if err == "closed" then
+		self.closed = true;
+		return false;
+	end
+	return true;
+end
+
+-- The first queued or incoming stanza for which pred(stanza) is true (any
+-- stanza without pred), removed from the queue; nil after timeout seconds.
+function client_methods:receive(timeout, pred)
+	local deadline = socket.gettime() + (timeout or 5);
+	while true do
+		for i, s in ipairs(self.queue) do
+			if not pred or pred(s) then
+				table.remove(self.queue, i);
+				return s;
+			end
+		end
+		local left = deadline - socket.gettime();
+		if left <= 0 or self.closed then return nil; end
+		if not self:_pump(math.min(left, 0.5)) then
+			-- Closed: one more pass over the queue for a final stream error.
+			for i, s in ipairs(self.queue) do
+				if not pred or pred(s) then
+					table.remove(self.queue, i);
+					return s;
+				end
+			end
+			return nil;
+		end
+	end
+end
+
+-- Send an iq and wait for the result or error with the same id.
+local iq_counter = 0;
+function client_methods:iq(stanza, timeout)
+	if not stanza.attr.id or stanza.attr.id == "" then
+		iq_counter = iq_counter + 1;
+		stanza.attr.id = "iq" .. iq_counter;
+	end
+	local id = stanza.attr.id;
+	self:send(stanza);
+	return self:receive(timeout or 10, function (s)
+		return s.name == "iq" and s.attr.id == id and (s.attr.type == "result" or s.attr.type == "error");
+	end);
+end
+
+-- Wait until the server has closed the connection (true), or timeout (false).
+function client_methods:wait_closed(timeout)
+	local deadline = socket.gettime() + (timeout or 5);
+	while not self.closed and socket.gettime() < deadline do
+		self:_pump(0.2);
+	end
+	return self.closed == true;
+end
+
+function client_methods:close()
+	if not self.closed then
+		self:send("</stream:stream>");
+		self:wait_closed(5);
+	end
+	self:kill();
+end
+
+-- Drop the TCP connection without closing the stream.
+function client_methods:kill()
+	if self.conn then self.conn:close(); end
+	self.closed = true;
+	if self.server then self.server.clients[self] = nil; end
+end
+
+return M;
