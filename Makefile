@@ -22,7 +22,10 @@ MODULES := $(notdir $(patsubst %/,%,$(wildcard modules/*/)))
 
 SOS := $(foreach m,$(MODULES),$(BUILD)/brisk/$(m).so)
 
-.PHONY: all env deps test test-unit test-asan run bench bench-quick fuzz soak clean help
+INST_LIBDIR ?= /usr/local/lib/lua/$(LUA_VERSION)
+INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
+
+.PHONY: all env deps install test test-asan run bench bench-quick fuzz soak clean help
 all: $(SOS)
 
 # One rule per module: every .c in its folder, compiled together into one .so.
@@ -32,6 +35,13 @@ $(BUILD)/brisk/$(1).so: $(wildcard modules/$(1)/*.c) $(wildcard modules/$(1)/*.h
 	$$(CC) $$(CFLAGS) $$(CFLAGS_$(1)) -o $$@ $(wildcard modules/$(1)/*.c) $$(LDFLAGS) $$(LIBS_$(1))
 endef
 $(foreach m,$(MODULES),$(eval $(call module_rule,$(m))))
+
+# Used by `luarocks make` (see the rockspec), or directly for a system-wide
+# install: the C modules into INST_LIBDIR/brisk/, all Lua glue into INST_LUADIR.
+install: all
+	install -d $(INST_LIBDIR)/brisk $(INST_LUADIR)
+	install -m 644 $(SOS) $(INST_LIBDIR)/brisk/
+	cd lualib && find . -name '*.lua' -exec install -D -m 644 {} $(INST_LUADIR)/{} \;
 
 # Shell exports so that a plain lua5.4 finds brisk.* (C), the Lua glue and
 # Debian's Prosody libraries:  eval "$(make -s env)"
@@ -45,10 +55,15 @@ env:
 deps:
 	@scripts/deps.sh
 
+# Everything CI runs: specs against the normal build, the same specs under
+# ASan/UBSan, a short bounded pass of every fuzz target, then one total line.
 test: deps
+	@mkdir -p build && rm -f build/test-results
 	@$(MAKE) --no-print-directory all
-	@scripts/run-specs.sh $(BUILD)
-	@$(MAKE) --no-print-directory test-asan
+	@BRISK_RESULTS=build/test-results scripts/run-specs.sh $(BUILD)
+	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory test-asan
+	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory fuzz-quick
+	@awk '{p += $$2; f += $$3} END {printf "total: %d passed, %d failed\n", p, f; exit f > 0}' build/test-results
 
 # The same specs against shared objects built with ASan and UBSan.
 test-asan: deps

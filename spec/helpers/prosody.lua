@@ -18,7 +18,11 @@ local ROOT = os.getenv("BRISK_ROOT") or (function ()
 	local src = debug.getinfo(1, "S").source:match("^@(.*)$") or "";
 	local dir = src:match("^(.*)/spec/helpers/[^/]*$");
 	if dir and dir ~= "" then
-		if dir:sub(1, 1) ~= "/" then dir = os.getenv("PWD") .. "/" .. dir; end
+		if dir == "." then
+			dir = os.getenv("PWD");
+		elseif dir:sub(1, 1) ~= "/" then
+			dir = os.getenv("PWD") .. "/" .. dir:gsub("^%./", "");
+		end
 		return dir;
 	end
 	return os.getenv("PWD");
@@ -126,8 +130,17 @@ local BASE_MODULES = { "roster", "saslauth", "disco", "ping", "time", "version",
 
 function M.config_text(opts)
 	local dir = opts.dir;
-	local lines = {};
-	local function set(k, v) lines[#lines + 1] = k .. " = " .. serialize(v); end
+	-- Options in order; a later set() of the same name replaces the earlier
+	-- one (Prosody warns about duplicates), so opts.config can override.
+	local lines, index = {}, {};
+	local function set(k, v)
+		-- "%{dir}" in any string stands for the server's folder.
+		local line = (k .. " = " .. serialize(v)):gsub("%%{dir}", (dir:gsub("%%", "%%%%")));
+		if index[k] then lines[index[k]] = line; else
+			lines[#lines + 1] = line;
+			index[k] = #lines;
+		end
+	end
 	if is_root() then
 		-- Prosody refuses to run as root unless told; CI runs specs as root.
 		set("run_as_root", true);
@@ -135,7 +148,10 @@ function M.config_text(opts)
 	set("pidfile", dir .. "/prosody.pid");
 	set("data_path", dir .. "/data");
 	set("certificates", dir .. "/certs");
-	local plugin_paths = { ROOT .. "/lualib", ROOT .. "/spec/helpers/plugins" };
+	-- isolated: nothing from the checkout but the readiness module, as for an
+	-- installed Brisk (luarocks specs).
+	local plugin_paths = opts.isolated and { ROOT .. "/spec/helpers/plugins" }
+		or { ROOT .. "/lualib", ROOT .. "/spec/helpers/plugins" };
 	for _, p in ipairs(opts.plugin_paths or {}) do table.insert(plugin_paths, 1, p); end
 	set("plugin_paths", plugin_paths);
 	set("log", { { levels = { min = opts.log_level or "debug" }, to = "file", filename = dir .. "/prosody.log" } });
@@ -168,6 +184,7 @@ function M.config_text(opts)
 	for k, v in pairs(opts.config or {}) do set(k, v); end
 	lines[#lines + 1] = "";
 	lines[#lines + 1] = "VirtualHost " .. serialize(opts.host);
+	index = {};
 	if opts.host_modules then set("modules_enabled", opts.host_modules); end
 	for k, v in pairs(opts.host_config or {}) do set(k, v); end
 	lines[#lines + 1] = "";
@@ -176,7 +193,10 @@ end
 
 -- opts: modules, host_modules, config, host_config, accounts, storage,
 -- default_storage, host, log_level, plugin_paths, env (table of extra
--- environment variables for the server process).
+-- environment variables for the server process), isolated (the server sees
+-- neither lualib/ nor build/: for installed Brisk), prepare (function(srv)
+-- called after the config is written, before Prosody starts). In config and
+-- host_config strings, "%{dir}" stands for the server's temporary folder.
 function M.start(opts)
 	opts = opts or {};
 	local dir = (sh("mktemp -d /tmp/brisk-prosody-XXXXXX")):gsub("%s+$", "");
@@ -198,6 +218,7 @@ function M.start(opts)
 	copts.dir, copts.port, copts.http_port, copts.host = dir, srv.port, srv.http_port, srv.host;
 	write_file(srv.config_path, opts.config_text or M.config_text(copts));
 	live[srv] = true;
+	if opts.prepare then opts.prepare(srv); end
 	for user, pw in pairs(opts.accounts or {}) do
 		srv:register(user, pw);
 	end
@@ -206,7 +227,12 @@ function M.start(opts)
 end
 
 function server_methods:_env_prefix()
-	local parts = {};
+	-- isolated: the server must not see the checkout's LUA_PATH/LUA_CPATH.
+	local parts = { self.opts.isolated and "env -u LUA_PATH -u LUA_CPATH" or "env" };
+	-- Under make test-asan, Prosody's lua5.4 needs the sanitizer runtime
+	-- first (see spec/helpers/init.lua).
+	local preload = os.getenv("BRISK_ASAN_PRELOAD");
+	if preload and preload ~= "" then parts[#parts + 1] = "LD_PRELOAD=" .. shell_quote(preload); end
 	for k, v in pairs(self.opts.env or {}) do
 		parts[#parts + 1] = k .. "=" .. shell_quote(v);
 	end
@@ -215,7 +241,7 @@ end
 
 function server_methods:_launch()
 	os.remove(self.dir .. "/data/ready");
-	local cmd = string.format("cd %s && %s exec prosody --config %s -F >>%s 2>&1 </dev/null & echo $!",
+	local cmd = string.format("cd %s && exec %s prosody --config %s -F >>%s 2>&1 </dev/null & echo $!",
 		shell_quote(self.dir), self:_env_prefix(), shell_quote(self.config_path), shell_quote(self.stdout_path));
 	self.pid = tonumber((sh(cmd)):match("%d+"));
 	assert(self.pid, "could not start prosody");
@@ -329,6 +355,12 @@ end
 M._reaper = setmetatable({}, { __gc = function ()
 	for srv in pairs(live) do pcall(srv.stop, srv); end
 end });
+
+-- A server object for a Prosody this helper did not start (make run, a
+-- luarocks-installed one): only connect() and friends are meaningful.
+function M.attach(port, host)
+	return setmetatable({ port = port, host = host or "localhost", clients = {}, opts = {} }, server_mt);
+end
 
 ------------------------------------------------------------------------
 -- The client.

@@ -1,0 +1,49 @@
+-- examples/prosody.cfg.lua — Prosody on loopback with every Brisk module.
+--
+-- `make run` starts Debian's Prosody with this file. Everything lives under
+-- one local folder (run/ in the checkout unless BRISK_RUN_DIR says otherwise):
+-- Prosody's data, Brisk's SQLite database, the pid file. Nothing needs TLS on
+-- loopback, so plain SASL is allowed here — never do that on a public port.
+--
+-- To use it for your own server, replace the ENV_* lookups with fixed paths
+-- and keep the Brisk lines (marked "Brisk:").
+
+local root = ENV_BRISK_ROOT or "."
+local run_dir = ENV_BRISK_RUN_DIR or (root .. "/run")
+
+-- Prosody refuses to run as root unless told; make run tells it only when it
+-- really is root (containers, CI), and then nothing switches users.
+run_as_root = ENV_BRISK_RUN_AS_ROOT == "1"
+
+data_path = run_dir .. "/data"
+pidfile = run_dir .. "/prosody.pid"
+certificates = run_dir .. "/certs"
+daemonize = false
+log = { { levels = { min = ENV_BRISK_LOG_LEVEL or "info" }, to = "console" } }
+
+-- Brisk: where Prosody finds mod_brisk_*.lua (a checkout's lualib/; after
+-- `luarocks make` use the tree's share/lua/5.4 instead, see the README).
+plugin_paths = { root .. "/lualib" }
+
+interfaces = { "127.0.0.1" }
+c2s_ports = { tonumber(ENV_BRISK_C2S_PORT or "5222") }
+c2s_direct_tls_ports = {}
+legacy_ssl_ports = {}
+s2s_ports = {}
+http_ports = { tonumber(ENV_BRISK_HTTP_PORT or "5280") }
+http_interfaces = { "127.0.0.1" }
+https_ports = {}
+admin_socket = run_dir .. "/prosody.sock"
+
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_hashed"
+
+modules_enabled = {
+	"roster"; "saslauth"; "disco"; "carbons"; "pep"; "private"; "vcard";
+	"version"; "uptime"; "time"; "ping"; "register"; "admin_shell";
+	"brisk_xml"; -- Brisk: C stanza parser and serializer (global module)
+}
+modules_disabled = { "s2s"; "tls" }
+
+VirtualHost "localhost"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# make run: start Debian's Prosody in the foreground on loopback with
+# examples/prosody.cfg.lua and every Brisk module, creating the run folder and
+# two demo accounts on first start. Ctrl-C stops it cleanly.
+#
+# Environment: BRISK_RUN_DIR (default ./run), BRISK_C2S_PORT (5222),
+# BRISK_HTTP_PORT (5280), BRISK_LOG_LEVEL (info).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+eval "$(make -s env)"
+
+export BRISK_ROOT="$root"
+export BRISK_RUN_DIR="${BRISK_RUN_DIR:-$root/run}"
+export BRISK_C2S_PORT="${BRISK_C2S_PORT:-5222}"
+export BRISK_HTTP_PORT="${BRISK_HTTP_PORT:-5280}"
+if [ "$(id -u)" -eq 0 ]; then export BRISK_RUN_AS_ROOT=1; fi
+config="$root/examples/prosody.cfg.lua"
+
+mkdir -p "$BRISK_RUN_DIR/data" "$BRISK_RUN_DIR/certs"
+
+# A stale pid file from a killed run would make Prosody refuse to start.
+if [ -f "$BRISK_RUN_DIR/prosody.pid" ]; then
+    pid=$(cat "$BRISK_RUN_DIR/prosody.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        echo "Prosody is already running from $BRISK_RUN_DIR (pid $pid)" >&2
+        exit 1
+    fi
+    rm -f "$BRISK_RUN_DIR/prosody.pid"
+fi
+
+# Two demo accounts, created once (prosodyctl exits non-zero if the user exists).
+for user in alice bob; do
+    if [ ! -e "$BRISK_RUN_DIR/data/localhost/accounts/$user.dat" ]; then
+        prosodyctl --config "$config" register "$user" localhost "$user" >/dev/null
+    fi
+done
+
+echo "Brisk: Prosody on 127.0.0.1:$BRISK_C2S_PORT with Brisk modules; data in $BRISK_RUN_DIR"
+echo "Brisk: log in as alice@localhost (password alice) or bob@localhost (password bob)"
+echo "Brisk: with any XMPP client; plain SASL without TLS is allowed on loopback only. Ctrl-C stops."
+exec prosody --config "$config" -F

@@ -1,0 +1,12 @@
+-- spec/helpers/init.lua — loaded by busted before any spec (run-specs.sh
+-- passes it as --helper).
+--
+-- Under `make test-asan` the sanitizer runtime is preloaded into this lua5.4
+-- (BRISK_ASAN_PRELOAD says which libraries). It must not leak into the tools
+-- specs run (make, cc, luarocks: they are not built for it), so it is taken
+-- out of this process's environment here; spec/helpers/prosody.lua puts it
+-- back for the prosody and prosodyctl processes it starts.
+local preload = os.getenv("BRISK_ASAN_PRELOAD");
+if preload and preload ~= "" then
+	require "util.pposix".setenv("LD_PRELOAD", nil);
+end
