@@ -6,8 +6,8 @@ set -eu
 
 PKGS="prosody lua5.4 liblua5.4-dev libexpat1-dev libsodium-dev libsqlite3-dev
       sqlite3 lua-busted luarocks lua-socket lua-expat lua-dbi-sqlite3
-      pkg-config gcc make clang libclang-rt-14-dev gnuplot-nox procps curl
-      python3-slixmpp valgrind"
+      pkg-config gcc make git clang libclang-rt-14-dev gnuplot-nox procps
+      util-linux valgrind"
 
 missing=""
 for p in $PKGS; do

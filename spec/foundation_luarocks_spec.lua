@@ -26,8 +26,9 @@ local function copy_checkout()
 end
 
 local function luarocks_make(src, tree)
-	local out, ok = sh(string.format("cd %s && env -u LUA_PATH -u LUA_CPATH luarocks --lua-version 5.4 --tree %s make brisk-scm-1.rockspec",
-		q(src), q(tree)));
+	-- luarocks keeps its cache under $HOME; CI may run with none set.
+	local out, ok = sh(string.format("cd %s && env -u LUA_PATH -u LUA_CPATH HOME=%s luarocks --lua-version 5.4 --tree %s make brisk-scm-1.rockspec",
+		q(src), q(os.getenv("HOME") or (src .. "/.home")), q(tree)));
 	assert(ok, "luarocks make failed:\n" .. out);
 	return out;
 end
