@@ -1,0 +1,563 @@
+-- mod_brisk_iot — presence-triggered event hooks for device fleets.
+--
+-- Devices are accounts of this host (all of them, or those matching
+-- iot_devices globs). Their presence feeds brisk.presence, a C engine that
+-- keeps each device's state compactly and turns presence into transitions:
+-- online, offline, state, flapping, silent, with debounce ("after") and
+-- silence timers in one heap driven by one module timer. Every transition
+-- is fired as a Prosody event (iot/online, ...), handed to hook scripts
+-- (iot_hook_scripts) and to the rules of iot_rules, whose actions are
+-- signed webhooks, messages, PubSub publishes and log lines.
+
+local function try(name)
+	local ok, m = pcall(require, "prosody." .. name);
+	if ok then return m; end
+	return require(name);
+end
+
+local st = try "util.stanza";
+local jid_util = try "util.jid";
+local json = try "util.json";
+local time_now = try "util.time".now;
+-- Through brisk.loader, which also finds the C core in a luarocks tree.
+local presence = require "brisk.loader".require("brisk.presence", module.path);
+local rules_lib = require "brisk.iot.rules";
+local webhook_lib = require "brisk.iot.webhook";
+local scripts_lib = require "brisk.iot.scripts";
+
+local host = module.host;
+local bare_sessions = prosody.bare_sessions;
+
+local KINDS = { "online", "offline", "state", "flapping", "silent" };
+
+-- Configuration --------------------------------------------------------
+
+local device_patterns = module:get_option_array("iot_devices", nil);
+local tick_interval = module:get_option_number("iot_tick_interval", 0.25);
+local pubsub_service = module:get_option_string("iot_pubsub_service", nil);
+local hook_script_paths = module:get_option_array("iot_hook_scripts", {});
+local script_config = module:get_option("iot_script_config", {});
+local http_listing = module:get_option_boolean("iot_http_listing", false);
+local http_token = module:get_option_string("iot_http_token", nil);
+
+local selectors;
+if device_patterns then
+	selectors = {};
+	for i, p in ipairs(device_patterns) do
+		local g, err = presence.glob(p);
+		if not g then error(("iot_devices: bad pattern '%s': %s"):format(tostring(p), err), 0); end
+		selectors[i] = p;
+	end
+else
+	-- By default every local account of this host is a device.
+	selectors = { "*@" .. host };
+end
+
+-- Rules are validated before anything else is set up: a bad rule stops
+-- the module from loading, with the rule and the problem in the message.
+local rules = rules_lib.compile(module:get_option("iot_rules", {}), { pubsub_service = pubsub_service });
+
+local engine = presence.new{
+	now = time_now();
+	rules = rules_lib.engine_rules(rules);
+	devices = selectors;
+};
+
+-- Metrics ----------------------------------------------------------------
+
+local measure_online = module:measure("devices_online", "amount");
+local measure_offline = module:measure("devices_offline", "amount");
+local measure_devices = module:measure("devices", "amount");
+local measure_memory = module:measure("engine_bytes", "amount");
+local measure_queued = module:measure("webhook_queued", "amount");
+local measure_event = {};
+for _, k in ipairs(KINDS) do measure_event[k] = module:measure("events_" .. k, "rate"); end
+local measure_sent = module:measure("webhook_sent", "rate");
+local measure_failed = module:measure("webhook_failed", "rate");
+local measure_dropped = module:measure("webhook_dropped", "rate");
+local measure_retried = module:measure("webhook_retried", "rate");
+local measure_latency = module:measure("webhook_latency", "distribution", { unit = "seconds" });
+local measure_hook_errors = module:measure("hook_errors", "rate");
+
+-- Webhooks ---------------------------------------------------------------
+
+local http = try "net.http";
+local webhooks = webhook_lib.new{
+	request = function (url, ex, cb) return http.request(url, ex, cb); end;
+	timer = function (delay, fn) module:add_timer(delay, function () fn(); end); end;
+	now = time_now;
+	clock = os.time;
+	queue_max = module:get_option_number("iot_webhook_queue_size", 1000);
+	concurrency = module:get_option_number("iot_webhook_concurrency", 4);
+	retries = module:get_option_number("iot_webhook_retries", 5);
+	backoff = module:get_option_number("iot_webhook_backoff", 1);
+	max_backoff = module:get_option_number("iot_webhook_max_backoff", 300);
+	timeout = module:get_option_number("iot_webhook_timeout", 10);
+	on = {
+		sent = function (latency) measure_sent(); measure_latency(latency); end;
+		failed = function () measure_failed(); end;
+		dropped = function () measure_dropped(); end;
+		retried = function () measure_retried(); end;
+	};
+	log = function (level, ...) module:log(level, ...); end;
+};
+
+-- Hook scripts -------------------------------------------------------------
+
+local lfs = require "lfs";
+local script_set = { handlers = {}, scripts = {}, errors = 0 };
+
+local function list_dir(dir)
+	local names = {};
+	local ok = pcall(function ()
+		for name in lfs.dir(dir) do names[#names + 1] = name; end
+	end);
+	return ok and names or nil;
+end
+
+local function read_file(path)
+	local f, err = io.open(path, "rb");
+	if not f then return nil, err; end
+	local data = f:read("a");
+	f:close();
+	return data;
+end
+
+local function public_device(jid)
+	local d = engine:get(jid);
+	return d;
+end
+
+local function send_message(to, text)
+	local to_jid = jid_util.prep(tostring(to));
+	if not to_jid then error("send_message: invalid JID '" .. tostring(to) .. "'", 2); end
+	module:send(st.message({ from = host, to = to_jid, type = "chat" }):text_tag("body", tostring(text)));
+end
+
+local function load_scripts()
+	local paths = scripts_lib.expand(hook_script_paths, list_dir);
+	local set, errors = scripts_lib.load(paths, {
+		log = function (level, ...) module:log(level, ...); end;
+		send_message = send_message;
+		device = public_device;
+		config = script_config;
+		now = time_now;
+		json = { encode = json.encode, decode = json.decode };
+		read_file = read_file;
+	});
+	for _, e in ipairs(errors) do
+		module:log("error", "Hook script not loaded: %s", e);
+	end
+	script_set = set;
+	module:log("debug", "Loaded %d hook script(s): %s", #set.scripts, table.concat(set.scripts, ", "));
+end
+load_scripts();
+
+module:hook_global("config-reloaded", function ()
+	hook_script_paths = module:get_option_array("iot_hook_scripts", {});
+	script_config = module:get_option("iot_script_config", {});
+	load_scripts();
+end);
+
+-- Devices' aggregate presence -------------------------------------------------
+
+local seq = 0;
+
+local function parse_priority(p)
+	-- The same reading as mod_presence: an integer, clamped to -128..127.
+	if p and p:find("^[+-]?[0-9]+$") then
+		local n = tonumber(p);
+		if n < -128 then n = -128; end
+		if n > 127 then n = 127; end
+		return n;
+	end
+	return 0;
+end
+
+-- Everything in a presence besides show, status, priority and delay: its
+-- extension elements (caps, sensor readings...), as one string.
+local function payload_of(stanza)
+	local parts;
+	for _, tag in ipairs(stanza.tags) do
+		local name, xmlns = tag.name, tag.attr.xmlns;
+		if not ((name == "show" or name == "status" or name == "priority") and (xmlns == nil or xmlns == "jabber:client"))
+		and not (name == "delay" and xmlns == "urn:xmpp:delay") then
+			parts = parts or {};
+			parts[#parts + 1] = tostring(tag);
+		end
+	end
+	return parts and table.concat(parts) or nil;
+end
+
+-- The leading resource of a user: available, highest priority, then the
+-- most recent presence. override/override_stanza stand for a presence that
+-- is being processed (not yet stored in the session), or false for one
+-- that is going away.
+local function leading(bare, override, override_stanza)
+	local user = bare_sessions[bare];
+	local best, best_stanza, best_prio, best_seq;
+	for _, s in pairs(user and user.sessions or {}) do
+		local p = s.presence;
+		if s == override then p = override_stanza; end
+		if p and not s.destroyed then
+			local prio = parse_priority(p:get_child_text("priority"));
+			local sq = s == override and math.huge or (s.brisk_iot_seq or 0);
+			if not best or prio > best_prio or (prio == best_prio and sq > best_seq) then
+				best, best_stanza, best_prio, best_seq = s, p, prio, sq;
+			end
+		end
+	end
+	return best, best_stanza, best_prio;
+end
+
+local dispatch_event; -- below
+
+local function feed(bare, cause_session, override, override_stanza)
+	local now = time_now();
+	local lead, pres, prio = leading(bare, override, override_stanza);
+	local n;
+	if lead then
+		n = engine:update(bare, now, true, pres:get_child_text("show"), pres:get_child_text("status"),
+			prio, payload_of(pres));
+	else
+		n = engine:update(bare, now, false);
+	end
+	if n and n > 0 then
+		local ctx = {
+			session = lead or cause_session;
+			stanza = pres;
+		};
+		while true do
+			local ev = engine:pop();
+			if not ev then break; end
+			dispatch_event(ev, ctx);
+		end
+	end
+end
+
+-- Outgoing presence from a local client, before mod_presence stores it.
+module:hook("pre-presence/bare", function (event)
+	local origin, stanza = event.origin, event.stanza;
+	if stanza.attr.to or origin.type ~= "c2s" or not origin.username then return; end
+	local t = stanza.attr.type;
+	if t ~= nil and t ~= "unavailable" then return; end
+	seq = seq + 1;
+	origin.brisk_iot_seq = seq;
+	local bare = origin.username .. "@" .. origin.host;
+	feed(bare, origin, origin, t == nil and stanza or false);
+end, 10);
+
+-- A session went away, with or without an unavailable presence (closed,
+-- killed TCP connection, replaced by a resource conflict).
+module:hook("resource-unbind", function (event)
+	local session = event.session;
+	if not session.username then return; end
+	feed(session.username .. "@" .. session.host, session, session, false);
+end, -10);
+
+-- Any stanza from a device is activity (resets silence).
+module:hook("pre-stanza", function (event)
+	local origin = event.origin;
+	if origin.type == "c2s" and origin.username then
+		engine:touch(origin.username .. "@" .. origin.host, time_now());
+	end
+end, 1000);
+
+-- Events -------------------------------------------------------------------------
+
+-- RFC 3339 / XEP-0082 time with milliseconds (util.datetime wants whole seconds).
+local function iso(t)
+	local secs = math.floor(t);
+	return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. (".%03dZ"):format(math.floor((t - secs) * 1000));
+end
+
+-- Rules whose status/show condition holds, per device (edge-triggered: a
+-- condition rule fires when its condition becomes true, not on every
+-- presence while it stays true). Only devices in a true condition are kept.
+local latched = {};
+for i = 1, #rules do latched[i] = {}; end
+
+local function webhook_body(ev, rule)
+	return json.encode({
+		type = "iot." .. ev.kind;
+		timestamp = iso(ev.time);
+		data = {
+			rule = rule.name;
+			jid = ev.jid;
+			resource = ev.resource;
+			state = ev.state;
+			previous = ev.previous;
+			show = ev.show;
+			status = ev.status;
+			priority = ev.priority;
+			duration = ev.duration;
+			after = ev.after;
+			since = iso(ev.since);
+			time = iso(ev.time);
+			transitions = ev.transitions;
+			within = ev.within;
+		};
+	});
+end
+
+local function describe(ev)
+	local s = ("%s is %s"):format(ev.jid, ev.kind == "state" and "changed" or ev.kind);
+	if ev.kind == "offline" or ev.kind == "online" then
+		s = s .. (" (was %s for %gs)"):format(ev.previous, ev.duration);
+	end
+	if ev.after and ev.after > 0 then s = s .. (" [for %gs]"):format(ev.after); end
+	if ev.kind == "flapping" then s = s .. (" (%d transitions within %gs)"):format(ev.transitions, ev.within); end
+	if ev.show then s = s .. " show=" .. ev.show; end
+	if ev.status then s = s .. " status=" .. ev.status; end
+	return s;
+end
+
+local function publish(rule, ev)
+	local svc = prosody.hosts[pubsub_service];
+	local pubsub = svc and svc.modules and svc.modules.pubsub;
+	local service = pubsub and pubsub.service;
+	if not service then
+		module:log("warn", "Rule %q: no PubSub service on %s", rule.name, pubsub_service);
+		return;
+	end
+	local id = ("%s-%s-%d"):format(ev.kind, ev.jid, math.floor(ev.time * 1000));
+	local item = st.stanza("item", { id = id, xmlns = "http://jabber.org/protocol/pubsub" })
+		:tag("event", { xmlns = "urn:brisk:iot:0", kind = ev.kind, jid = ev.jid, state = ev.state,
+			time = iso(ev.time), rule = rule.name })
+			:text_tag("status", ev.status):up();
+	local ok, err = service:publish(rule.pubsub, true, id, item);
+	if not ok and err == "item-not-found" then
+		service:create(rule.pubsub, true);
+		ok, err = service:publish(rule.pubsub, true, id, item);
+	end
+	if not ok then module:log("warn", "Rule %q: publish to %s failed: %s", rule.name, rule.pubsub, tostring(err)); end
+end
+
+local function run_rule(rule, ev)
+	module:log("debug", "Rule %q fired: %s", rule.name, describe(ev));
+	if rule.webhook then
+		webhooks:send(rule.webhook, rule.key, ev.jid, webhook_body(ev, rule));
+	end
+	if rule.notify then
+		local text = ("[%s] %s"):format(rule.name, describe(ev));
+		for _, to in ipairs(rule.notify) do send_message(to, text); end
+	end
+	if rule.pubsub then publish(rule, ev); end
+	if rule.log then module:log(rule.log, "Rule %q: %s", rule.name, describe(ev)); end
+end
+
+local SHOW = { away = true, chat = true, dnd = true, xa = true };
+
+function dispatch_event(ev, ctx)
+	-- Presence details: for immediate events the presence that caused
+	-- them; for timer events the device's current leading resource.
+	local session, stanza = ctx and ctx.session, ctx and ctx.stanza;
+	if ev.state == "online" and not stanza then
+		session, stanza = leading(ev.jid);
+	end
+	ev.username, ev.host = jid_util.split(ev.jid);
+	ev.resource = session and session.resource;
+	if stanza and ev.state == "online" then
+		ev.stanza = stanza;
+		local sh = stanza:get_child_text("show");
+		ev.show = SHOW[sh] and sh or (sh == nil and "available" or sh);
+		ev.status = stanza:get_child_text("status");
+	elseif ev.state == "offline" then
+		ev.show, ev.status, ev.priority = "unavailable", nil, nil;
+	end
+	ev.previous_show = ev.previous_show_class ~= "" and ev.previous_show_class or
+		(ev.previous == "online" and "available" or nil);
+	ev.show_class, ev.previous_show_class = nil, nil;
+	-- Rules: the engine said which match the device, event and timing; the
+	-- status/show conditions are checked here.
+	local fired = {};
+	for _, i in ipairs(ev.rules) do
+		local rule = rules[i];
+		if rules_lib.has_condition(rule) then
+			local holds = rules_lib.condition(rule, ev);
+			if holds and not latched[i][ev.jid] then
+				latched[i][ev.jid] = true;
+				fired[#fired + 1] = rule;
+			elseif not holds then
+				latched[i][ev.jid] = nil;
+			end
+		else
+			fired[#fired + 1] = rule;
+		end
+	end
+	if ev.kind == "offline" then
+		for i = 1, #rules do latched[i][ev.jid] = nil; end
+	end
+	local names = {};
+	for i, r in ipairs(fired) do names[i] = r.name; end
+	ev.rules = names;
+	ev.rule = names[1];
+	-- Timer events exist only for rules; if their conditions failed, stop.
+	if ev.after > 0 and #fired == 0 then return; end
+	measure_event[ev.kind]();
+	module:fire_event("iot/" .. ev.kind, ev);
+	if script_set.handlers[ev.kind] or script_set.handlers["*"] then
+		local copy = {};
+		for k, v in pairs(ev) do if k ~= "stanza" then copy[k] = v; end end
+		copy.xml = stanza and tostring(stanza) or nil;
+		scripts_lib.dispatch(script_set, copy, function (script, err)
+			measure_hook_errors();
+			module:log("error", "Hook script %s failed on %s for %s: %s", script, ev.kind, ev.jid, tostring(err));
+		end);
+	end
+	for _, rule in ipairs(fired) do
+		local ok, err = pcall(run_rule, rule, ev);
+		if not ok then module:log("error", "Rule %q failed: %s", rule.name, tostring(err)); end
+	end
+end
+
+-- The one timer -----------------------------------------------------------------
+
+local function update_gauges()
+	local s = engine:stats();
+	measure_devices(s.devices);
+	measure_online(s.online);
+	measure_offline(s.offline);
+	measure_memory(s.memory);
+	measure_queued((webhooks:queued()));
+end
+
+local gauge_due = 0;
+module:add_timer(tick_interval, function ()
+	local now = time_now();
+	if engine:tick(now) > 0 then
+		while true do
+			local ev = engine:pop();
+			if not ev then break; end
+			local ok, err = pcall(dispatch_event, ev, nil);
+			if not ok then module:log("error", "Dispatching %s for %s failed: %s", ev.kind, ev.jid, tostring(err)); end
+		end
+	end
+	if now >= gauge_due then
+		gauge_due = now + 10;
+		update_gauges();
+	end
+	return tick_interval;
+end);
+
+-- Devices already online when the module loads (module reload, late load)
+-- are entered silently: announcing them all as "online" again would set
+-- off every online rule for the whole fleet.
+for bare, user in pairs(bare_sessions) do
+	if jid_util.host(bare) == host and user.sessions then
+		local lead, pres, prio = leading(bare);
+		if lead then
+			engine:update(bare, time_now(), true, pres:get_child_text("show"), pres:get_child_text("status"),
+				prio, payload_of(pres));
+		end
+	end
+end
+while engine:pop() do end
+
+-- Listing: prosodyctl shell and HTTP ----------------------------------------------
+
+local function list_devices(pattern, limit)
+	local g = pattern and assert(presence.glob(pattern)) or nil;
+	local out = {};
+	local s = engine:stats();
+	for i = 1, s.devices do
+		local d = engine:device(i);
+		if not g or g:match(d.jid) then
+			out[#out + 1] = d;
+			if limit and #out >= limit then break; end
+		end
+	end
+	return out, s;
+end
+
+local registry = module:shared("/*/brisk_iot/hosts");
+registry[host] = {
+	list = list_devices;
+	stats = function ()
+		local s = engine:stats();
+		s.webhook = {};
+		for k, v in pairs(webhooks.stats) do s.webhook[k] = v; end
+		s.webhook.queued = webhooks:queued();
+		s.hook_errors = script_set.errors;
+		s.scripts = #script_set.scripts;
+		return s;
+	end;
+};
+function module.unload()
+	registry[host] = nil;
+end
+
+local function format_device(d, now)
+	return ("%-40s %-8s %8.0fs%s%s"):format(d.jid, d.state, now - d.since,
+		d.flapping and " flapping" or "",
+		d.show_class and d.show_class ~= "" and (" " .. d.show_class) or "");
+end
+
+-- prosodyctl shell: iot:devices([host], [pattern], [limit]), iot:stats([host])
+local console_env = module:shared("/*/admin_shell/env");
+console_env.iot = console_env.iot or {};
+function console_env.iot:devices(h, pattern, limit)
+	local print = self.session.print;
+	local count = 0;
+	local now = time_now();
+	for hname, api in pairs(registry) do
+		if not h or h == hname then
+			local list = api.list(pattern, limit or 1000);
+			for _, d in ipairs(list) do print(format_device(d, now)); count = count + 1; end
+		end
+	end
+	return true, ("%d device(s)"):format(count);
+end
+function console_env.iot:stats(h)
+	local print = self.session.print;
+	for hname, api in pairs(registry) do
+		if not h or h == hname then
+			local s = api.stats();
+			print(("%s: %d devices, %d online, %d offline, %d unknown, %d timers, %d bytes; webhooks sent %d, failed %d, dropped %d, retried %d, queued %d; hook errors %d")
+				:format(hname, s.devices, s.online, s.offline, s.unknown, s.timers, s.memory,
+				s.webhook.sent, s.webhook.failed, s.webhook.dropped, s.webhook.retried, s.webhook.queued, s.hook_errors));
+		end
+	end
+	return true;
+end
+
+-- Prosody 13 registers shell commands as items (0.12 ignores them).
+module:add_item("shell-command", {
+	section = "iot"; section_desc = "IoT devices (mod_brisk_iot)";
+	name = "devices"; desc = "List devices and their state";
+	args = { { name = "host", type = "string" }, { name = "pattern", type = "string" }, { name = "limit", type = "number" } };
+	handler = console_env.iot.devices;
+});
+module:add_item("shell-command", {
+	section = "iot"; section_desc = "IoT devices (mod_brisk_iot)";
+	name = "stats"; desc = "Device counts, engine memory and webhook counters";
+	args = { { name = "host", type = "string" } };
+	handler = console_env.iot.stats;
+});
+
+-- HTTP JSON listing (off unless iot_http_listing = true; with
+-- iot_http_token set, requests must carry "Authorization: Bearer <token>").
+if http_listing then
+	module:depends("http");
+	module:provides("http", {
+		default_path = "/iot";
+		route = {
+			["GET /devices"] = function (event)
+				local request, response = event.request, event.response;
+				if http_token then
+					local auth = request.headers.authorization;
+					if auth ~= "Bearer " .. http_token then return 401; end
+				end
+				local pattern = request.url.query and request.url.query:match("match=([^&]+)");
+				if pattern then pattern = pattern:gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end); end
+				if pattern and not presence.glob(pattern) then return 400; end
+				local list, s = list_devices(pattern, nil);
+				response.headers.content_type = "application/json";
+				return json.encode({ host = host, devices = list, total = s.devices, online = s.online, offline = s.offline });
+			end;
+		};
+	});
+end
+
+module:log("info", "Tracking devices %s with %d rule(s), %d hook script(s)",
+	table.concat(selectors, ", "), #rules, #script_set.scripts);

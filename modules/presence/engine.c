@@ -1,0 +1,1035 @@
+/*
+** engine.c — the device presence engine of brisk.presence.
+**
+** One engine tracks every device (a bare JID) of a host in compact
+** fixed-size slots, turns the presence Prosody sees into transitions
+** (online, offline, state, flapping, silent), and keeps one binary heap of
+** timers for all devices for debounced rules ("after = 30") and silence.
+** Time is always passed in by the caller (engine:update(jid, now, ...),
+** engine:tick(now)), so tests drive it with a fake clock and never sleep.
+** Events are queued inside the engine and taken out with engine:pop().
+*/
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "presence.h"
+
+#define ENGINE_META "brisk.presence.engine"
+
+enum { K_NONE, K_ONLINE, K_OFFLINE, K_STATE, K_FLAPPING, K_SILENT, K_COUNT };
+static const char *const kind_names[] = {
+  "unknown", "online", "offline", "state", "flapping", "silent", NULL
+};
+static const char *const show_names[] = {
+  "", "away", "chat", "dnd", "xa", "other"
+};
+
+#define MAX_RULES 64        /* rule sets are 64-bit masks */
+#define MAX_DETECTORS 8     /* distinct (transitions, within) pairs */
+#define MAX_RING 16         /* largest "transitions" of a flapping rule */
+#define DEV_CHUNK 1024      /* device slots per allocation */
+#define NAME_CHUNK 65536    /* bytes of JID text per allocation */
+#define NO_DUE UINT32_MAX
+/* Durations are kept in centiseconds in 32 bits. The epoch moves forward
+** (rebase) before the clock gets near 2^31 cs (about 248 days), so that
+** differences of stored times never wrap. */
+#define REBASE_AT 2000000000u
+#define MAX_AFTER 100000000.0  /* seconds (about 3 years) */
+
+#define F_ONLINE 1
+#define F_KNOWN 2
+
+/*
+** A device slot: 40 bytes plus 4 bytes per remembered transition for
+** flapping detection (only as many as the largest "transitions" of any
+** flapping rule; none when there is no flapping rule).
+*/
+typedef struct Device {
+  uint64_t hash;      /* hash of show, status, priority and payload */
+  uint32_t since;     /* cs: when the current online/offline state began */
+  uint32_t last;      /* cs: last transition of any kind (debounce base) */
+  uint32_t seen;      /* cs: last presence or activity (silence base) */
+  uint32_t name;      /* JID: name chunk << 16 | offset */
+  uint32_t heappos;   /* 1-based position in the timer heap, 0 when none */
+  uint16_t maskid;    /* index into the table of distinct rule sets */
+  uint8_t flags;      /* F_ONLINE, F_KNOWN */
+  uint8_t show;       /* index into show_names */
+  int8_t prio;        /* XMPP priority, -128..127 exactly */
+  uint8_t kind;       /* kind of the last transition, for debounce */
+  uint8_t didx;       /* next debounce step of that kind not yet fired */
+  uint8_t sidx;       /* next silence step not yet fired */
+  uint8_t flap;       /* detectors that have reported this device */
+  uint8_t ringhead;   /* next ring slot to write */
+  uint8_t ringlen;    /* transitions remembered */
+  uint32_t ring[];    /* cs of the latest online/offline transitions */
+} Device;
+
+typedef struct HeapEntry {
+  uint32_t due;       /* cs; a lower bound of the device's next due time */
+  uint32_t dev;
+} HeapEntry;
+
+typedef struct Event {
+  double at;          /* seconds (caller's clock) */
+  uint64_t mask;      /* rules that fire on this event */
+  uint32_t dev;
+  uint32_t after;     /* cs: debounce or silence step, 0 when immediate */
+  uint32_t dur;       /* cs: time spent in the previous state */
+  uint32_t since;     /* cs: start of the state now current */
+  uint8_t kind, prev, prev_show, det;
+  int8_t prev_prio;
+  uint8_t count;      /* flapping: transitions seen within the window */
+} Event;
+
+typedef struct Rule {
+  int16_t *tok;       /* compiled match glob, NULL = every device */
+  int ntok;
+  uint8_t kind;
+  uint8_t det;        /* flapping detector index */
+  uint32_t after;     /* cs */
+} Rule;
+
+typedef struct Engine {
+  double epoch;       /* caller's clock value of cs 0 */
+  size_t bytes;       /* every byte allocated by this engine */
+  /* devices */
+  uint8_t **chunks; uint32_t nchunks, capchunks;
+  uint32_t ndev, nonline, slot, ring;
+  /* JID text */
+  char **names; uint32_t nnames, capnames, nameused;
+  /* index: open addressing over device index + 1 */
+  uint32_t *index; uint32_t capindex;
+  /* timers */
+  HeapEntry *heap; uint32_t nheap, capheap;
+  /* queued events, taken from head */
+  Event *ev; uint32_t nev, evhead, capev;
+  /* distinct rule sets, so that a device stores 16 bits and not 64 */
+  uint64_t *masks; uint32_t nmasks, capmasks;
+  /* selection: devices are the JIDs matching any of these (all if none) */
+  int16_t **sel; int *nsel; int nsels;
+  /* rules and the tables derived from them */
+  Rule rules[MAX_RULES]; int nrules;
+  uint64_t immmask[K_COUNT];                 /* after == 0, by kind */
+  uint32_t deb[K_COUNT][MAX_RULES]; uint64_t debmask[K_COUNT][MAX_RULES];
+  int ndeb[K_COUNT];                         /* sorted distinct afters */
+  uint32_t sil[MAX_RULES]; uint64_t silmask[MAX_RULES]; int nsil;
+  uint32_t det_n[MAX_DETECTORS], det_within[MAX_DETECTORS];
+  uint64_t detmask[MAX_DETECTORS]; int ndet;
+  double now;         /* latest clock value seen */
+} Engine;
+
+/* ---------------------------------------------------------------- memory */
+
+static void *eng_realloc(lua_State *L, Engine *e, void *p, size_t old,
+                         size_t sz) {
+  void *q;
+  if (sz == 0) { free(p); e->bytes -= old; return NULL; }
+  q = realloc(p, sz);
+  if (q == NULL) luaL_error(L, "brisk.presence: out of memory");
+  e->bytes = e->bytes - old + sz;
+  return q;
+}
+
+/* Grow an array to hold at least need elements, by half again each time. */
+static void *grow(lua_State *L, Engine *e, void *p, uint32_t *cap,
+                  uint32_t need, size_t elem, uint32_t first) {
+  uint32_t c = *cap;
+  if (need <= c) return p;
+  if (need > UINT32_MAX / 2 || (size_t)need * elem / elem != need)
+    luaL_error(L, "brisk.presence: too many entries");
+  if (c == 0) c = first;
+  while (c < need) c = c + c / 2 + 1;
+  p = eng_realloc(L, e, p, (size_t)*cap * elem, (size_t)c * elem);
+  *cap = c;
+  return p;
+}
+
+static Device *dev_at(Engine *e, uint32_t i) {
+  return (Device *)(e->chunks[i / DEV_CHUNK] + (size_t)(i % DEV_CHUNK) * e->slot);
+}
+
+static const char *dev_name(Engine *e, const Device *d, size_t *len) {
+  const char *p = e->names[d->name >> 16] + (d->name & 0xFFFF);
+  uint16_t l;
+  memcpy(&l, p, 2);
+  *len = l;
+  return p + 2;
+}
+
+/* ------------------------------------------------------------------ time */
+
+static uint32_t to_cs(double secs) {
+  double v = floor(secs * 100.0 + 1e-6);
+  if (!(v > 0)) return 0;
+  if (v >= (double)NO_DUE - 1) return NO_DUE - 1;
+  return (uint32_t)v;
+}
+
+static void rebase(Engine *e, uint32_t shift);
+
+/* The caller's clock value as cs after the epoch; moves the epoch forward
+** when the clock has run far enough for 32 bits to get tight. The clock may
+** not go backwards: an older value is taken as the latest one seen. */
+static uint32_t clock_cs(Engine *e, double now) {
+  uint32_t cs;
+  if (now < e->now) now = e->now;
+  e->now = now;
+  cs = to_cs(now - e->epoch);
+  if (cs >= REBASE_AT) {
+    uint32_t shift = cs - REBASE_AT / 2;
+    rebase(e, shift);
+    cs -= shift;
+  }
+  return cs;
+}
+
+static uint32_t sub0(uint32_t a, uint32_t b) { return a > b ? a - b : 0; }
+
+static void rebase(Engine *e, uint32_t shift) {
+  uint32_t i, k;
+  for (i = 0; i < e->ndev; i++) {
+    Device *d = dev_at(e, i);
+    d->since = sub0(d->since, shift);
+    d->last = sub0(d->last, shift);
+    d->seen = sub0(d->seen, shift);
+    for (k = 0; k < d->ringlen; k++) d->ring[k] = sub0(d->ring[k], shift);
+  }
+  for (i = 0; i < e->nheap; i++) e->heap[i].due = sub0(e->heap[i].due, shift);
+  for (i = e->evhead; i < e->nev; i++) e->ev[i].since = sub0(e->ev[i].since, shift);
+  e->epoch += shift / 100.0;
+}
+
+/* ------------------------------------------------------------------ heap */
+
+static int heap_less(const HeapEntry *a, const HeapEntry *b) {
+  return a->due < b->due || (a->due == b->due && a->dev < b->dev);
+}
+
+static void heap_set(Engine *e, uint32_t pos, HeapEntry h) {
+  e->heap[pos] = h;
+  dev_at(e, h.dev)->heappos = pos + 1;
+}
+
+static void heap_up(Engine *e, uint32_t pos) {
+  HeapEntry h = e->heap[pos];
+  while (pos > 0) {
+    uint32_t parent = (pos - 1) / 2;
+    if (!heap_less(&h, &e->heap[parent])) break;
+    heap_set(e, pos, e->heap[parent]);
+    pos = parent;
+  }
+  heap_set(e, pos, h);
+}
+
+static void heap_down(Engine *e, uint32_t pos) {
+  HeapEntry h = e->heap[pos];
+  for (;;) {
+    uint32_t c = 2 * pos + 1;
+    if (c >= e->nheap) break;
+    if (c + 1 < e->nheap && heap_less(&e->heap[c + 1], &e->heap[c])) c++;
+    if (!heap_less(&e->heap[c], &h)) break;
+    heap_set(e, pos, e->heap[c]);
+    pos = c;
+  }
+  heap_set(e, pos, h);
+}
+
+static void heap_pop(Engine *e) {
+  dev_at(e, e->heap[0].dev)->heappos = 0;
+  if (--e->nheap > 0) {
+    e->heap[0] = e->heap[e->nheap];
+    heap_down(e, 0);
+  }
+}
+
+/* The next time something is due for device d: its next debounce step or
+** its next silence step, or NO_DUE. */
+static uint32_t dev_due(Engine *e, const Device *d, int *which) {
+  uint32_t due = NO_DUE;
+  *which = 0;
+  if (d->kind != K_NONE && d->didx < e->ndeb[d->kind]) {
+    due = d->last + e->deb[d->kind][d->didx];
+    *which = 1;
+  }
+  if ((d->flags & F_ONLINE) && d->sidx < e->nsil) {
+    uint32_t s = d->seen + e->sil[d->sidx];
+    if (s < due) { due = s; *which = 2; }
+  }
+  return due;
+}
+
+/*
+** Make sure the heap holds an entry for d no later than its next due time.
+** An entry that is already earlier is left alone (it is only a lower
+** bound: tick() recomputes the real time when it comes up), so activity
+** from a device, the common case, costs no heap work at all.
+*/
+static void schedule(lua_State *L, Engine *e, uint32_t di, Device *d) {
+  int which;
+  uint32_t due = dev_due(e, d, &which);
+  if (due == NO_DUE) return;
+  if (d->heappos) {
+    uint32_t pos = d->heappos - 1;
+    if (due < e->heap[pos].due) {
+      e->heap[pos].due = due;
+      heap_up(e, pos);
+    }
+    return;
+  }
+  e->heap = (HeapEntry *)grow(L, e, e->heap, &e->capheap, e->nheap + 1,
+                              sizeof(HeapEntry), 64);
+  e->heap[e->nheap].due = due;
+  e->heap[e->nheap].dev = di;
+  d = dev_at(e, di);
+  e->nheap++;
+  heap_up(e, e->nheap - 1);
+}
+
+/* ---------------------------------------------------------------- events */
+
+static Event *push_event(lua_State *L, Engine *e, uint8_t kind, uint32_t di,
+                         uint64_t mask, double at) {
+  Event *ev;
+  if (e->evhead == e->nev) e->evhead = e->nev = 0;
+  e->ev = (Event *)grow(L, e, e->ev, &e->capev, e->nev + 1, sizeof(Event), 16);
+  ev = &e->ev[e->nev++];
+  memset(ev, 0, sizeof *ev);
+  ev->kind = kind;
+  ev->dev = di;
+  ev->mask = mask;
+  ev->at = at;
+  return ev;
+}
+
+/* --------------------------------------------------------------- devices */
+
+static uint64_t hash_bytes(uint64_t h, const char *s, size_t len) {
+  size_t i;
+  for (i = 0; i < len; i++) {
+    h ^= (unsigned char)s[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+static uint64_t hash_mix(uint64_t h) {
+  h ^= h >> 33; h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ULL;
+  h ^= h >> 33;
+  return h;
+}
+
+static uint32_t jid_hash(const char *s, size_t len) {
+  return (uint32_t)hash_mix(hash_bytes(0xcbf29ce484222325ULL, s, len));
+}
+
+static int selected(Engine *e, const char *jid, size_t len) {
+  int i;
+  if (e->nsels == 0) return 1;
+  for (i = 0; i < e->nsels; i++)
+    if (brisk_presence_glob_match(e->sel[i], e->nsel[i], jid, len)) return 1;
+  return 0;
+}
+
+static uint16_t mask_id(lua_State *L, Engine *e, uint64_t m) {
+  uint32_t i;
+  for (i = 0; i < e->nmasks; i++)
+    if (e->masks[i] == m) return (uint16_t)i;
+  if (e->nmasks >= 65535) luaL_error(L, "brisk.presence: too many distinct rule sets");
+  e->masks = (uint64_t *)grow(L, e, e->masks, &e->capmasks, e->nmasks + 1,
+                              sizeof(uint64_t), 8);
+  e->masks[e->nmasks] = m;
+  return (uint16_t)e->nmasks++;
+}
+
+static void index_insert(Engine *e, uint32_t di, uint32_t h) {
+  uint32_t m = e->capindex - 1, p = h & m;
+  while (e->index[p]) p = (p + 1) & m;
+  e->index[p] = di + 1;
+}
+
+static void index_grow(lua_State *L, Engine *e) {
+  uint32_t i, old = e->capindex, cap = old ? old * 2 : 1024;
+  uint32_t *idx = (uint32_t *)eng_realloc(L, e, NULL, 0, (size_t)cap * sizeof(uint32_t));
+  memset(idx, 0, (size_t)cap * sizeof(uint32_t));
+  eng_realloc(L, e, e->index, (size_t)old * sizeof(uint32_t), 0);
+  e->index = idx;
+  e->capindex = cap;
+  for (i = 0; i < e->ndev; i++) {
+    size_t len;
+    const char *s = dev_name(e, dev_at(e, i), &len);
+    index_insert(e, i, jid_hash(s, len));
+  }
+}
+
+/* Device index of jid, or UINT32_MAX. */
+static uint32_t lookup(Engine *e, const char *jid, size_t len) {
+  uint32_t m, p;
+  if (e->capindex == 0) return UINT32_MAX;
+  m = e->capindex - 1;
+  p = jid_hash(jid, len) & m;
+  while (e->index[p]) {
+    uint32_t di = e->index[p] - 1;
+    size_t l;
+    const char *s = dev_name(e, dev_at(e, di), &l);
+    if (l == len && memcmp(s, jid, len) == 0) return di;
+    p = (p + 1) & m;
+  }
+  return UINT32_MAX;
+}
+
+static uint32_t store_name(lua_State *L, Engine *e, const char *jid, size_t len) {
+  uint16_t l = (uint16_t)len;
+  char *p;
+  if (e->nnames == 0 || e->nameused + 2 + len > NAME_CHUNK) {
+    e->names = (char **)grow(L, e, e->names, &e->capnames, e->nnames + 1,
+                             sizeof(char *), 8);
+    e->names[e->nnames] = NULL;
+    e->names[e->nnames] = (char *)eng_realloc(L, e, NULL, 0, NAME_CHUNK);
+    e->nnames++;
+    e->nameused = 0;
+  }
+  p = e->names[e->nnames - 1] + e->nameused;
+  memcpy(p, &l, 2);
+  memcpy(p + 2, jid, len);
+  e->nameused += (uint32_t)(2 + len);
+  return (e->nnames - 1) << 16 | (uint32_t)(p - e->names[e->nnames - 1]);
+}
+
+/* Create the device slot for jid (known not to exist yet). */
+static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
+                       uint32_t now) {
+  uint32_t di = e->ndev;
+  uint64_t m = 0;
+  Device *d;
+  int r;
+  if (di == UINT32_MAX - 1) luaL_error(L, "brisk.presence: too many devices");
+  for (r = 0; r < e->nrules; r++)
+    if (!e->rules[r].tok ||
+        brisk_presence_glob_match(e->rules[r].tok, e->rules[r].ntok, jid, len))
+      m |= 1ULL << r;
+  if ((uint64_t)(e->ndev + 1) * 4 > (uint64_t)e->capindex * 3) index_grow(L, e);
+  if (di / DEV_CHUNK >= e->nchunks) {
+    e->chunks = (uint8_t **)grow(L, e, e->chunks, &e->capchunks, e->nchunks + 1,
+                                 sizeof(uint8_t *), 16);
+    e->chunks[e->nchunks] = (uint8_t *)eng_realloc(L, e, NULL, 0,
+                                                   (size_t)DEV_CHUNK * e->slot);
+    e->nchunks++;
+  }
+  d = dev_at(e, di);
+  memset(d, 0, e->slot);
+  d->maskid = mask_id(L, e, m);
+  d->name = store_name(L, e, jid, len);
+  d->since = d->last = d->seen = now;
+  e->ndev++;
+  index_insert(e, di, jid_hash(jid, len));
+  return di;
+}
+
+/* Count ring entries within the last "within" cs. */
+static int ring_count(const Engine *e, const Device *d, uint32_t now,
+                      uint32_t within) {
+  int k, c = 0;
+  for (k = 0; k < d->ringlen; k++)
+    if (now - d->ring[k] < within || d->ring[k] > now) c++;
+  (void)e;
+  return c;
+}
+
+/* An online/offline transition happened at now: remember it and report
+** every flapping detector that has now seen its count within its window. */
+static void flapping(lua_State *L, Engine *e, uint32_t di, Device *d,
+                     uint32_t now, double at) {
+  int k;
+  uint64_t dm = e->masks[d->maskid];
+  if (e->ring == 0) return;
+  d->ring[d->ringhead] = now;
+  d->ringhead = (uint8_t)((d->ringhead + 1) % e->ring);
+  if (d->ringlen < e->ring) d->ringlen++;
+  for (k = 0; k < e->ndet; k++) {
+    int c = ring_count(e, d, now, e->det_within[k]);
+    if ((uint32_t)c >= e->det_n[k]) {
+      if (!(d->flap & (1u << k)) && (dm & e->detmask[k])) {
+        Event *ev;
+        d->flap |= (uint8_t)(1u << k);
+        ev = push_event(L, e, K_FLAPPING, di, dm & e->detmask[k], at);
+        d = dev_at(e, di);
+        ev->det = (uint8_t)k;
+        ev->count = (uint8_t)c;
+        ev->since = d->since;
+        ev->prev = (d->flags & F_ONLINE) ? K_OFFLINE : K_ONLINE;
+        ev->prev_show = d->show;
+        ev->prev_prio = d->prio;
+      }
+    } else {
+      d->flap &= (uint8_t)~(1u << k);
+    }
+  }
+}
+
+/* Parse the presence fields of an update at stack index base. */
+static uint8_t show_index(const char *s) {
+  int i;
+  if (s == NULL) return 0;
+  for (i = 1; i <= 4; i++)
+    if (strcmp(s, show_names[i]) == 0) return (uint8_t)i;
+  return 5;
+}
+
+/*
+** The heart: a device's presence as a whole is now (available, show,
+** priority, hash of everything that counts as its state).
+*/
+static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
+                 int avail, uint8_t show, int8_t prio, uint64_t h) {
+  Device *d = dev_at(e, di);
+  uint64_t dm = e->masks[d->maskid];
+  uint32_t before = e->nev - e->evhead;
+  int known = d->flags & F_KNOWN;
+  Event *ev;
+  d->seen = now;
+  d->sidx = 0;
+  d->flags |= F_KNOWN;
+  if (avail && !(d->flags & F_ONLINE)) {
+    ev = push_event(L, e, K_ONLINE, di, dm & e->immmask[K_ONLINE], at);
+    d = dev_at(e, di);
+    ev->prev = known ? K_OFFLINE : K_NONE;
+    ev->dur = known ? now - d->since : 0;
+    ev->prev_show = d->show;
+    ev->prev_prio = d->prio;
+    ev->since = now;
+    d->flags |= F_ONLINE;
+    e->nonline++;
+    d->since = d->last = now;
+    d->kind = K_ONLINE;
+    d->didx = 0;
+    d->hash = h; d->show = show; d->prio = prio;
+    flapping(L, e, di, d, now, at);
+  } else if (avail) {
+    if (h != d->hash) {
+      ev = push_event(L, e, K_STATE, di, dm & e->immmask[K_STATE], at);
+      d = dev_at(e, di);
+      ev->prev = K_ONLINE;
+      ev->dur = now - d->last;
+      ev->prev_show = d->show;
+      ev->prev_prio = d->prio;
+      ev->since = d->since;
+      d->last = now;
+      d->kind = K_STATE;
+      d->didx = 0;
+      d->hash = h; d->show = show; d->prio = prio;
+    }
+  } else if (d->flags & F_ONLINE) {
+    ev = push_event(L, e, K_OFFLINE, di, dm & e->immmask[K_OFFLINE], at);
+    d = dev_at(e, di);
+    ev->prev = K_ONLINE;
+    ev->dur = now - d->since;
+    ev->prev_show = d->show;
+    ev->prev_prio = d->prio;
+    ev->since = now;
+    d->flags &= (uint8_t)~F_ONLINE;
+    e->nonline--;
+    d->since = d->last = now;
+    d->kind = K_OFFLINE;
+    d->didx = 0;
+    d->hash = 0; d->show = 0; d->prio = 0;
+    flapping(L, e, di, d, now, at);
+  }
+  schedule(L, e, di, dev_at(e, di));
+  return (int)(e->nev - e->evhead - before);
+}
+
+/* ------------------------------------------------------------ Lua: engine */
+
+static Engine *check_engine(lua_State *L) {
+  Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
+  if (e->slot == 0) luaL_error(L, "brisk.presence: engine is closed");
+  return e;
+}
+
+static double check_time(lua_State *L, int arg) {
+  double t = luaL_checknumber(L, arg);
+  luaL_argcheck(L, isfinite(t), arg, "time must be a finite number");
+  return t;
+}
+
+static const char *check_jid(lua_State *L, int arg, size_t *len) {
+  const char *s = luaL_checklstring(L, arg, len);
+  luaL_argcheck(L, *len > 0 && *len <= BRISK_GLOB_MAXLEN, arg, "bad JID length");
+  return s;
+}
+
+/*
+** engine:update(jid, now, available, show, status, priority, payload)
+** Feed the device's aggregate presence. Returns the number of events
+** queued, or nil when jid is not a device of this engine.
+*/
+static int eng_update(lua_State *L) {
+  Engine *e = check_engine(L);
+  size_t len, sl = 0, pl = 0, shl = 0;
+  const char *jid = check_jid(L, 2, &len);
+  double at = check_time(L, 3);
+  int avail = lua_toboolean(L, 4);
+  const char *show = luaL_optlstring(L, 5, NULL, &shl);
+  const char *status = luaL_optlstring(L, 6, NULL, &sl);
+  lua_Integer prio = luaL_optinteger(L, 7, 0);
+  const char *payload = luaL_optlstring(L, 8, NULL, &pl);
+  uint32_t now = clock_cs(e, at), di;
+  uint64_t h = 0;
+  if (prio < -128) prio = -128;
+  if (prio > 127) prio = 127;
+  di = lookup(e, jid, len);
+  if (di == UINT32_MAX) {
+    if (!selected(e, jid, len)) { luaL_pushfail(L); return 1; }
+    di = create(L, e, jid, len, now);
+  }
+  if (avail) {
+    /* Each field is prefixed by its length (or -1 when absent), so that
+    ** moving bytes between fields always changes the hash input. */
+    int64_t pre[4];
+    pre[0] = show ? (int64_t)shl : -1;
+    pre[1] = status ? (int64_t)sl : -1;
+    pre[2] = payload ? (int64_t)pl : -1;
+    pre[3] = (int64_t)prio;
+    h = hash_bytes(0xcbf29ce484222325ULL, (const char *)pre, sizeof pre);
+    if (show) h = hash_bytes(h, show, shl);
+    if (status) h = hash_bytes(h, status, sl);
+    if (payload) h = hash_bytes(h, payload, pl);
+    h = hash_mix(h) | 1;   /* never 0, which marks "offline" */
+  }
+  lua_pushinteger(L, apply(L, e, di, now, at, avail, show_index(show),
+                           (int8_t)prio, h));
+  return 1;
+}
+
+/* engine:touch(jid, now): activity from the device (resets silence).
+** Returns true when jid is a tracked device. */
+static int eng_touch(lua_State *L) {
+  Engine *e = check_engine(L);
+  size_t len;
+  const char *jid = check_jid(L, 2, &len);
+  uint32_t now = clock_cs(e, check_time(L, 3));
+  uint32_t di = lookup(e, jid, len);
+  Device *d;
+  if (di == UINT32_MAX) { lua_pushboolean(L, 0); return 1; }
+  d = dev_at(e, di);
+  if (d->seen != now || d->sidx != 0) {
+    d->seen = now;
+    d->sidx = 0;
+    schedule(L, e, di, d);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/*
+** engine:tick(now): fire every debounce and silence step due by now, in
+** order of due time. Returns the number of events queued.
+*/
+static int eng_tick(lua_State *L) {
+  Engine *e = check_engine(L);
+  uint32_t now = clock_cs(e, check_time(L, 2));
+  uint32_t before = e->nev - e->evhead;
+  while (e->nheap > 0 && e->heap[0].due <= now) {
+    uint32_t di = e->heap[0].dev;
+    Device *d = dev_at(e, di);
+    int which;
+    uint32_t due = dev_due(e, d, &which);
+    if (due > e->heap[0].due) {
+      /* Only a lower bound came up: move the entry to the real time, which
+      ** may still be due now but after other devices' entries. */
+      if (due == NO_DUE) heap_pop(e);
+      else { e->heap[0].due = due; heap_down(e, 0); }
+      continue;
+    }
+    {
+      uint64_t dm = e->masks[d->maskid], m;
+      Event *ev;
+      double at = e->epoch + due / 100.0;
+      if (which == 1) {
+        m = dm & e->debmask[d->kind][d->didx];
+        if (m) {
+          ev = push_event(L, e, d->kind, di, m, at);
+          d = dev_at(e, di);
+          ev->after = e->deb[d->kind][d->didx];
+          ev->prev = d->kind == K_STATE ? K_ONLINE
+                   : d->kind == K_ONLINE ? K_OFFLINE : K_ONLINE;
+          ev->dur = due - d->last;
+          ev->since = d->since;
+          ev->prev_show = d->show;
+          ev->prev_prio = d->prio;
+        }
+        d->didx++;
+      } else {
+        m = dm & e->silmask[d->sidx];
+        if (m) {
+          ev = push_event(L, e, K_SILENT, di, m, at);
+          d = dev_at(e, di);
+          ev->after = e->sil[d->sidx];
+          ev->prev = K_ONLINE;
+          ev->dur = due - d->seen;
+          ev->since = d->since;
+          ev->prev_show = d->show;
+          ev->prev_prio = d->prio;
+        }
+        d->sidx++;
+      }
+      due = dev_due(e, d, &which);
+      if (due == NO_DUE) heap_pop(e);
+      else { e->heap[0].due = due; heap_down(e, 0); }
+    }
+  }
+  lua_pushinteger(L, (lua_Integer)(e->nev - e->evhead - before));
+  return 1;
+}
+
+static void push_state(lua_State *L, const Device *d) {
+  lua_pushstring(L, !(d->flags & F_KNOWN) ? "unknown"
+                    : (d->flags & F_ONLINE) ? "online" : "offline");
+}
+
+/* engine:pop() -> the oldest queued event as a table, or nil. */
+static int eng_pop(lua_State *L) {
+  Engine *e = check_engine(L);
+  Event *ev;
+  Device *d;
+  size_t len;
+  const char *jid;
+  int r, n = 0;
+  if (e->evhead == e->nev) { lua_pushnil(L); return 1; }
+  ev = &e->ev[e->evhead++];
+  d = dev_at(e, ev->dev);
+  jid = dev_name(e, d, &len);
+  lua_createtable(L, 0, 16);
+  lua_pushstring(L, kind_names[ev->kind]); lua_setfield(L, -2, "kind");
+  lua_pushlstring(L, jid, len); lua_setfield(L, -2, "jid");
+  lua_pushnumber(L, ev->at); lua_setfield(L, -2, "time");
+  lua_pushnumber(L, e->epoch + ev->since / 100.0); lua_setfield(L, -2, "since");
+  lua_pushstring(L, kind_names[ev->prev]); lua_setfield(L, -2, "previous");
+  lua_pushnumber(L, ev->dur / 100.0); lua_setfield(L, -2, "duration");
+  lua_pushnumber(L, ev->after / 100.0); lua_setfield(L, -2, "after");
+  push_state(L, d); lua_setfield(L, -2, "state");
+  if (d->flags & F_ONLINE) {
+    lua_pushstring(L, show_names[d->show]); lua_setfield(L, -2, "show_class");
+    lua_pushinteger(L, d->prio); lua_setfield(L, -2, "priority");
+  }
+  lua_pushstring(L, show_names[ev->prev_show]); lua_setfield(L, -2, "previous_show_class");
+  lua_pushinteger(L, ev->prev_prio); lua_setfield(L, -2, "previous_priority");
+  if (ev->kind == K_FLAPPING) {
+    lua_pushinteger(L, ev->count); lua_setfield(L, -2, "transitions");
+    lua_pushnumber(L, e->det_within[ev->det] / 100.0); lua_setfield(L, -2, "within");
+  }
+  lua_createtable(L, 4, 0);
+  for (r = 0; r < e->nrules; r++)
+    if (ev->mask & (1ULL << r)) {
+      lua_pushinteger(L, r + 1);
+      lua_rawseti(L, -2, ++n);
+    }
+  lua_setfield(L, -2, "rules");
+  if (e->evhead == e->nev) {
+    /* Drained: a burst (a whole fleet reconnecting) may have grown the
+    ** queue far beyond what steady state needs, so give that memory back. */
+    e->evhead = e->nev = 0;
+    if (e->capev > 256) {
+      e->ev = (Event *)eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof(Event),
+                                   256 * sizeof(Event));
+      e->capev = 256;
+    }
+  }
+  return 1;
+}
+
+/* engine:pending() -> number of queued events. */
+static int eng_pending(lua_State *L) {
+  Engine *e = check_engine(L);
+  lua_pushinteger(L, e->nev - e->evhead);
+  return 1;
+}
+
+/* engine:next_due() -> caller's clock time of the earliest timer, or nil. */
+static int eng_next_due(lua_State *L) {
+  Engine *e = check_engine(L);
+  if (e->nheap == 0) { lua_pushnil(L); return 1; }
+  lua_pushnumber(L, e->epoch + e->heap[0].due / 100.0);
+  return 1;
+}
+
+static void push_device(lua_State *L, Engine *e, uint32_t di) {
+  Device *d = dev_at(e, di);
+  size_t len;
+  const char *jid = dev_name(e, d, &len);
+  int k, flap = 0;
+  uint32_t now = to_cs(e->now - e->epoch);
+  lua_createtable(L, 0, 10);
+  lua_pushlstring(L, jid, len); lua_setfield(L, -2, "jid");
+  push_state(L, d); lua_setfield(L, -2, "state");
+  lua_pushnumber(L, e->epoch + d->since / 100.0); lua_setfield(L, -2, "since");
+  lua_pushnumber(L, e->epoch + d->seen / 100.0); lua_setfield(L, -2, "seen");
+  lua_pushnumber(L, e->epoch + d->last / 100.0); lua_setfield(L, -2, "changed");
+  if (d->flags & F_ONLINE) {
+    lua_pushstring(L, show_names[d->show]); lua_setfield(L, -2, "show_class");
+    lua_pushinteger(L, d->prio); lua_setfield(L, -2, "priority");
+  }
+  for (k = 0; k < e->ndet; k++)
+    if ((d->flap & (1u << k)) &&
+        (uint32_t)ring_count(e, d, now, e->det_within[k]) >= e->det_n[k])
+      flap = 1;
+  lua_pushboolean(L, flap); lua_setfield(L, -2, "flapping");
+}
+
+/* engine:get(jid) -> a table describing the device, or nil. */
+static int eng_get(lua_State *L) {
+  Engine *e = check_engine(L);
+  size_t len;
+  const char *jid = check_jid(L, 2, &len);
+  uint32_t di = lookup(e, jid, len);
+  if (di == UINT32_MAX) { lua_pushnil(L); return 1; }
+  push_device(L, e, di);
+  return 1;
+}
+
+/* engine:device(i) -> the i-th device (1-based, creation order), or nil. */
+static int eng_device(lua_State *L) {
+  Engine *e = check_engine(L);
+  lua_Integer i = luaL_checkinteger(L, 2);
+  if (i < 1 || (lua_Unsigned)i > e->ndev) { lua_pushnil(L); return 1; }
+  push_device(L, e, (uint32_t)(i - 1));
+  return 1;
+}
+
+/* engine:stats() -> counts and memory. */
+static int eng_stats(lua_State *L) {
+  Engine *e = check_engine(L);
+  uint32_t i, known = 0;
+  for (i = 0; i < e->ndev; i++)
+    if (dev_at(e, i)->flags & F_KNOWN) known++;
+  lua_createtable(L, 0, 8);
+  lua_pushinteger(L, e->ndev); lua_setfield(L, -2, "devices");
+  lua_pushinteger(L, e->nonline); lua_setfield(L, -2, "online");
+  lua_pushinteger(L, known - e->nonline); lua_setfield(L, -2, "offline");
+  lua_pushinteger(L, e->ndev - known); lua_setfield(L, -2, "unknown");
+  lua_pushinteger(L, e->nheap); lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, e->nev - e->evhead); lua_setfield(L, -2, "pending");
+  lua_pushinteger(L, (lua_Integer)e->bytes); lua_setfield(L, -2, "memory");
+  lua_pushinteger(L, e->slot); lua_setfield(L, -2, "slot_size");
+  return 1;
+}
+
+/* engine:memory() -> bytes allocated by the engine (all of it). */
+static int eng_memory(lua_State *L) {
+  Engine *e = check_engine(L);
+  lua_pushinteger(L, (lua_Integer)e->bytes);
+  return 1;
+}
+
+static int eng_gc(lua_State *L) {
+  Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
+  uint32_t i;
+  int r;
+  for (i = 0; i < e->nchunks; i++) free(e->chunks[i]);
+  for (i = 0; i < e->nnames; i++) free(e->names[i]);
+  free(e->chunks); free(e->names); free(e->index); free(e->heap);
+  free(e->ev); free(e->masks);
+  /* All slots, not just nrules: a rule that failed validation half-way
+  ** may already own its compiled pattern. */
+  for (r = 0; r < MAX_RULES; r++) free(e->rules[r].tok);
+  for (r = 0; r < e->nsels; r++) free(e->sel[r]);
+  free(e->sel); free(e->nsel);
+  memset(e, 0, sizeof *e);
+  return 0;
+}
+
+/* ------------------------------------------------------ Lua: construction */
+
+/* Compile the glob at the top of the stack into a fresh allocation. */
+static int16_t *compile_top(lua_State *L, Engine *e, int *ntok,
+                            const char *what) {
+  size_t len;
+  const char *p, *err = NULL;
+  int16_t *tok;
+  if (lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "%s: pattern must be a string", what);
+  p = lua_tolstring(L, -1, &len);
+  if (len > BRISK_GLOB_MAXLEN)
+    luaL_error(L, "%s: bad pattern: pattern too long", what);
+  tok = (int16_t *)eng_realloc(L, e, NULL, 0, (len + 2) * sizeof(int16_t));
+  *ntok = brisk_presence_glob_compile(p, len, tok, &err);
+  if (*ntok < 0) {
+    eng_realloc(L, e, tok, (len + 2) * sizeof(int16_t), 0);
+    luaL_error(L, "%s: bad pattern '%s': %s", what, p, err);
+  }
+  return tok;
+}
+
+static double opt_number_field(lua_State *L, int t, const char *k, double def,
+                               const char *what) {
+  double v;
+  int isnum;
+  lua_getfield(L, t, k);
+  if (lua_isnil(L, -1)) { lua_pop(L, 1); return def; }
+  v = lua_tonumberx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || !isfinite(v) || v < 0 || v > MAX_AFTER)
+    luaL_error(L, "%s: '%s' must be a number of seconds between 0 and %f",
+               what, k, MAX_AFTER);
+  return v;
+}
+
+/* Insert value v into the sorted distinct list, returning its index. */
+static int add_step(uint32_t *list, uint64_t *masks, int *n, uint32_t v) {
+  int i, j;
+  for (i = 0; i < *n; i++) {
+    if (list[i] == v) return i;
+    if (list[i] > v) break;
+  }
+  for (j = *n; j > i; j--) { list[j] = list[j - 1]; masks[j] = masks[j - 1]; }
+  list[i] = v;
+  masks[i] = 0;
+  (*n)++;
+  return i;
+}
+
+static void read_rule(lua_State *L, Engine *e, int t, int r) {
+  Rule *ru = &e->rules[r];
+  char what[160];
+  const char *on;
+  double after, within;
+  int kind, rt = lua_gettop(L) + 1;
+  lua_getfield(L, t, "name");
+  if (lua_type(L, -1) == LUA_TSTRING)
+    snprintf(what, sizeof what, "rule '%.100s'", lua_tostring(L, -1));
+  else
+    snprintf(what, sizeof what, "rule #%d", r + 1);
+  lua_pop(L, 1);
+  (void)rt;
+  lua_getfield(L, t, "on");
+  on = lua_tostring(L, -1);
+  for (kind = K_ONLINE; kind < K_COUNT; kind++)
+    if (on && strcmp(on, kind_names[kind]) == 0) break;
+  if (kind == K_COUNT) {
+    if (on) luaL_error(L, "%s: unknown event '%s' (expected online, offline, state, flapping or silent)", what, on);
+    luaL_error(L, "%s: missing 'on' (the event: online, offline, state, flapping or silent)", what);
+  }
+  lua_pop(L, 1);
+  ru->kind = (uint8_t)kind;
+  lua_getfield(L, t, "match");
+  if (!lua_isnil(L, -1)) ru->tok = compile_top(L, e, &ru->ntok, what);
+  lua_pop(L, 1);
+  after = opt_number_field(L, t, "after", 0, what);
+  ru->after = to_cs(after);
+  if (after > 0 && ru->after == 0)
+    luaL_error(L, "%s: 'after' below the engine's resolution of 0.01 s", what);
+  if (kind == K_SILENT) {
+    int i;
+    if (ru->after == 0)
+      luaL_error(L, "%s: a silent rule needs 'after' (seconds without presence or activity)", what);
+    i = add_step(e->sil, e->silmask, &e->nsil, ru->after);
+    e->silmask[i] |= 1ULL << r;
+  } else if (kind == K_FLAPPING) {
+    lua_Integer n;
+    int isint, k;
+    lua_getfield(L, t, "transitions");
+    n = lua_tointegerx(L, -1, &isint);
+    lua_pop(L, 1);
+    if (!isint || n < 2 || n > MAX_RING)
+      luaL_error(L, "%s: a flapping rule needs 'transitions', an integer from 2 to %d", what, MAX_RING);
+    within = opt_number_field(L, t, "within", 0, what);
+    if (to_cs(within) == 0)
+      luaL_error(L, "%s: a flapping rule needs 'within' (seconds)", what);
+    if (ru->after)
+      luaL_error(L, "%s: 'after' does not apply to flapping rules", what);
+    for (k = 0; k < e->ndet; k++)
+      if (e->det_n[k] == (uint32_t)n && e->det_within[k] == to_cs(within)) break;
+    if (k == e->ndet) {
+      if (e->ndet == MAX_DETECTORS)
+        luaL_error(L, "%s: more than %d distinct (transitions, within) pairs", what, MAX_DETECTORS);
+      e->det_n[k] = (uint32_t)n;
+      e->det_within[k] = to_cs(within);
+      e->ndet++;
+      if ((uint32_t)n > e->ring) e->ring = (uint32_t)n;
+    }
+    e->detmask[k] |= 1ULL << r;
+    ru->det = (uint8_t)k;
+  } else if (ru->after == 0) {
+    e->immmask[kind] |= 1ULL << r;
+  } else {
+    int i = add_step(e->deb[kind], e->debmask[kind], &e->ndeb[kind], ru->after);
+    e->debmask[kind][i] |= 1ULL << r;
+  }
+}
+
+/*
+** presence.new{ now = t, rules = { {on=, match=, after=, transitions=,
+** within=, name=}, ... }, devices = { glob, ... } }
+** Raises an error naming the rule and the problem on a bad rule.
+*/
+static int eng_new(lua_State *L) {
+  Engine *e;
+  int r, n;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  e = (Engine *)lua_newuserdatauv(L, sizeof(Engine), 0);
+  memset(e, 0, sizeof *e);
+  luaL_setmetatable(L, ENGINE_META);
+  lua_getfield(L, 1, "now");
+  e->epoch = e->now = lua_isnil(L, -1) ? 0 : check_time(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "rules");
+  if (!lua_isnil(L, -1)) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    n = (int)luaL_len(L, -1);
+    if (n > MAX_RULES) luaL_error(L, "at most %d rules", MAX_RULES);
+    for (r = 0; r < n; r++) {
+      lua_rawgeti(L, -1, r + 1);
+      if (!lua_istable(L, -1)) luaL_error(L, "rule #%d: not a table", r + 1);
+      read_rule(L, e, lua_gettop(L), r);
+      e->nrules = r + 1;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "devices");
+  if (!lua_isnil(L, -1)) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    n = (int)luaL_len(L, -1);
+    if (n > 0) {
+      e->sel = (int16_t **)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(int16_t *));
+      e->nsel = (int *)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(int));
+      for (r = 0; r < n; r++) {
+        lua_rawgeti(L, -1, r + 1);
+        e->sel[r] = compile_top(L, e, &e->nsel[r], "devices");
+        e->nsels = r + 1;
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 1);
+  e->slot = (uint32_t)((sizeof(Device) + e->ring * sizeof(uint32_t) + 7) & ~(size_t)7);
+  return 1;
+}
+
+static const luaL_Reg engine_methods[] = {
+  {"update", eng_update},
+  {"touch", eng_touch},
+  {"tick", eng_tick},
+  {"pop", eng_pop},
+  {"pending", eng_pending},
+  {"next_due", eng_next_due},
+  {"get", eng_get},
+  {"device", eng_device},
+  {"stats", eng_stats},
+  {"memory", eng_memory},
+  {NULL, NULL}
+};
+
+void brisk_presence_open_engine(lua_State *L, int mod) {
+  luaL_newmetatable(L, ENGINE_META);
+  luaL_newlib(L, engine_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, eng_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, eng_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  lua_pushcfunction(L, eng_new);
+  lua_setfield(L, mod, "new");
+}

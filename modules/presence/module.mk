@@ -1,0 +1,2 @@
+# brisk.presence: libsodium for webhook signatures (HMAC-SHA256).
+LIBS_presence = -lsodium
