@@ -46,4 +46,18 @@ modules_enabled = {
 }
 modules_disabled = { "s2s"; "tls" }
 
+-- Brisk: rosters in Brisk's SQLite database (<data_path>/brisk.sqlite by
+-- default; see docs/storage.md). Everything else stays in Prosody's files.
+storage = { roster = "brisk" }
+
 VirtualHost "localhost"
+	-- Brisk: device events. Here every account of the host is a device, so
+	-- log alice and bob in and out to watch them; docs/iot.md has the rest.
+	modules_enabled = { "brisk_iot" }
+	iot_rules = {
+		{ name = "offline", on = "offline", after = tonumber(ENV_BRISK_IOT_OFFLINE_AFTER or "30"), log = "info" };
+		{ name = "flapping", on = "flapping", transitions = 5, within = 60, log = "warn" };
+	}
+	-- The example hook scripts: alice is paged when a device stays offline.
+	iot_hook_scripts = { root .. "/examples/iot/*.lua" }
+	iot_script_config = { ops = "alice@localhost", offline_after = tonumber(ENV_BRISK_IOT_OFFLINE_AFTER or "30") }

@@ -33,8 +33,21 @@ local function luarocks_make(src, tree)
 	return out;
 end
 
+-- Every Brisk module from the install: the parser and serializer carry the
+-- chat, mod_storage_brisk stores the roster item, mod_brisk_iot sees bob.
+local everything = {
+	modules = { "brisk_xml" };
+	storage = { roster = "brisk" };
+	host_modules = { "brisk_iot" };
+};
+
 local function chat(srv)
+	local log = srv:log_text();
+	assert.truthy(log:match("mod_brisk_xml\tinfo\t"), "mod_brisk_xml did not load:\n" .. log);
 	local alice = srv:connect("alice", "pw", "a");
+	local set = alice:iq(st.iq({ type = "set", id = "r1" }):tag("query", { xmlns = "jabber:iq:roster" })
+		:tag("item", { jid = "bob@localhost" }));
+	assert.equal("result", set and set.attr.type);
 	local bob = srv:connect("bob", "pw", "b");
 	bob:send(st.presence());
 	alice:send(st.message({ to = "bob@localhost/b" }):text_tag("body", "from the rock"));
@@ -43,6 +56,8 @@ local function chat(srv)
 	assert.equal("from the rock", msg:get_child_text("body"));
 	alice:close();
 	bob:close();
+	assert.truthy(io.open(srv.dir .. "/data/brisk.sqlite"), "mod_storage_brisk wrote no database");
+	assert.truthy(srv:log_text():match("brisk_iot"), "mod_brisk_iot did not load");
 end
 
 describe("luarocks make", function ()
@@ -53,7 +68,7 @@ describe("luarocks make", function ()
 	it("installs into a per-Prosody tree that Prosody loads from", function ()
 		local srv = prosody.start{
 			isolated = true;
-			modules = { "brisk_xml" };
+			modules = everything.modules, storage = everything.storage, host_modules = everything.host_modules;
 			-- Prosody resolves the default "custom_plugins" against its
 			-- compiled-in data folder (/var/lib/prosody on Debian), not
 			-- data_path, so a test server names its own.
@@ -64,8 +79,6 @@ describe("luarocks make", function ()
 			end;
 		};
 		local ok, err = pcall(function ()
-			local log = srv:log_text();
-			assert.truthy(log:match("mod_brisk_xml\tinfo\tbrisk%.xml"), "mod_brisk_xml did not load:\n" .. log);
 			chat(srv);
 			assert.same({}, srv:errors());
 		end);
@@ -78,7 +91,7 @@ describe("luarocks make", function ()
 		luarocks_make(src, tree);
 		local srv = prosody.start{
 			isolated = true;
-			modules = { "brisk_xml" };
+			modules = everything.modules, storage = everything.storage, host_modules = everything.host_modules;
 			config = { plugin_paths = { tree .. "/share/lua/5.4", prosody.root .. "/spec/helpers/plugins" } };
 			-- /usr/local/{share,lib}/lua/5.4 are on Lua's default paths; a
 			-- test prefix is not, so name it as those would be.
@@ -89,8 +102,6 @@ describe("luarocks make", function ()
 			accounts = { alice = "pw", bob = "pw" };
 		};
 		local ok, err = pcall(function ()
-			local log = srv:log_text();
-			assert.truthy(log:match("mod_brisk_xml\tinfo\tbrisk%.xml"), "mod_brisk_xml did not load:\n" .. log);
 			chat(srv);
 			assert.same({}, srv:errors());
 		end);

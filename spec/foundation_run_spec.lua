@@ -16,7 +16,7 @@ end
 local function run_make_run(as_user)
 	local dir = sh("mktemp -d /tmp/brisk-makerun-XXXXXX"):gsub("%s+$", "");
 	local port, http_port = prosody.free_port(), prosody.free_port();
-	local env = string.format("BRISK_RUN_DIR=%s BRISK_C2S_PORT=%d BRISK_HTTP_PORT=%d BRISK_LOG_LEVEL=info",
+	local env = string.format("BRISK_RUN_DIR=%s BRISK_C2S_PORT=%d BRISK_HTTP_PORT=%d BRISK_LOG_LEVEL=info BRISK_IOT_OFFLINE_AFTER=1",
 		q(dir .. "/run"), port, http_port);
 	local cmd = string.format("cd %s && %s make -s run", q(prosody.root), env);
 	if as_user then
@@ -52,8 +52,19 @@ local function exercise(run)
 	local msg = bob:receive(5, function (s) return s.name == "message"; end);
 	assert.truthy(msg, "bob got nothing");
 	assert.equal("hello from make run", msg:get_child_text("body"));
+	-- Roster storage is Brisk's: a contact alice adds survives in its SQLite file.
+	local set = alice:iq(st.iq({ type = "set", id = "r1" }):tag("query", { xmlns = "jabber:iq:roster" })
+		:tag("item", { jid = "bob@localhost", name = "Bob" }));
+	assert.equal("result", set and set.attr.type);
+	-- The example hook scripts page alice when bob stays offline (1 s here).
+	alice:send(st.presence());
+	bob:kill();
+	local page = alice:receive(10, function (s)
+		return s.name == "message" and (s:get_child_text("body") or ""):match("^ALERT: bob@localhost");
+	end);
+	assert.truthy(page, "no offline alert from examples/iot/offline_alert.lua");
 	alice:close();
-	bob:close();
+	assert.truthy(io.open(run.dir .. "/run/data/brisk.sqlite"), "no Brisk SQLite file");
 	os.execute("kill -INT -" .. run.pid);
 	assert.truthy(prosody.wait_for(function ()
 		return run.out():match("Shutdown complete") ~= nil;

@@ -336,10 +336,21 @@ function server_methods:stop()
 	end
 	self:_drop_clients();
 	live[self] = nil;
+	self:_cleanup();
+end
+
+-- The server's folder goes at exit, unless BRISK_KEEP_SERVERS=1 asks to keep
+-- it for a post-mortem (restart() reuses it, so stop() must not remove it).
+local doomed = {};
+function server_methods:_cleanup()
+	if self.dir and os.getenv("BRISK_KEEP_SERVERS") ~= "1" then
+		doomed[self.dir] = true;
+	end
 end
 
 function server_methods:restart()
 	self:stop();
+	doomed[self.dir] = nil;
 	live[self] = true;
 	self:_launch();
 end
@@ -354,6 +365,9 @@ end
 -- closes its Lua state are killed, even after a failing spec.
 M._reaper = setmetatable({}, { __gc = function ()
 	for srv in pairs(live) do pcall(srv.stop, srv); end
+	for dir in pairs(doomed) do
+		if dir:match("^/tmp/brisk%-prosody%-") then os.execute("rm -rf " .. shell_quote(dir)); end
+	end
 end });
 
 -- A server object for a Prosody this helper did not start (make run, a
