@@ -1,31 +1,688 @@
 /*
-** serialize.c — brisk.xml's replacements for util.stanza's hot methods.
+** serialize.c — brisk.xml's replacements for util.stanza's serializer.
+**
+** util.stanza turns a stanza into XML with a recursive Lua function
+** (_dostring) that builds a table of fragments and concatenates it. This file
+** does the same walk in C, writing straight into one growable buffer, with an
+** explicit stack instead of recursion so that no nesting depth can overflow
+** the C stack.
+**
+** Exactness is the first rule: the output must be byte-identical to stock.
+** The walk reads stanzas exactly as stock does (lua_gettable/lua_geti honour
+** __index like t.name and t[n], lua_len honours __len like #t; lua_next
+** visits attributes in the order of pairs). Anything stock would not serialize plainly — a child that is not a
+** string or an element, a name that is not a string or number, a missing or
+** exotic attr table — is not interpreted here: the call is handed, whole, to
+** the stock Lua function, which then produces its own output or raises its
+** own error, message and location included.
 **
 ** brisk_xml_install_serializer patches util.stanza in place and pushes a
 ** function that undoes exactly what it patched, so unloading mod_brisk_xml
 ** restores stock behaviour.
 */
+#include <string.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "xml.h"
 
-/* Upvalues of the undo closure: 1 = util.stanza, 2 = its saved xml_escape. */
-static int l_uninstall(lua_State *L) {
-  lua_pushvalue(L, lua_upvalueindex(2));
-  lua_setfield(L, lua_upvalueindex(1), "xml_escape");
+/* Buffers larger than this are not kept for reuse after a call. */
+#define OUT_KEEP_MAX (256 * 1024)
+
+#define OUT_MT "brisk.xml.out"
+
+/*
+** One open element of the walk: the last child visited, the count, and its
+** name for the closing tag (the string is anchored in the element's stack
+** slot while the level is open).
+*/
+typedef struct Level {
+  lua_Integer n, len;
+  const char *name;
+  size_t nl;
+} Level;
+
+/*
+** The output buffer and the walk's integer stack, both allocated with the
+** Lua state's allocator and owned by a full userdata whose __gc frees them,
+** so an error anywhere in the walk leaks nothing.
+*/
+typedef struct Out {
+  char *p;
+  size_t n, cap;
+  Level *lv;
+  size_t nlv;
+  int busy; /* a call is using it (or one was unwound by an error) */
+  lua_Alloc f;
+  void *ud;
+} Out;
+
+/*
+** Upvalues shared by every serializer entry point. The two keys the walk
+** reads on every element are kept as strings: pushing a C string key
+** (lua_getfield) costs a strcmp in Lua's string cache each time. (attr.xmlns
+** is picked up while iterating the attributes.)
+*/
+#define UV_CACHE   1 /* a reusable Out */
+#define UV_MT      2 /* util.stanza's stanza_mt, or nil until looked up */
+#define UV_STOCK   3 /* the stock function this one stands in for */
+#define UV_KNAME   4 /* "name" */
+#define UV_KATTR   5 /* "attr" */
+#define UV_COUNT   5
+
+/* t[key] for one of the key upvalues; honours __index just as t.name does. */
+static inline int get_key(lua_State *L, int t, int key) {
+  lua_pushvalue(L, lua_upvalueindex(key));
+  return lua_gettable(L, t);
+}
+
+static int l_tostring(lua_State *L);
+static int l_top_tag(lua_State *L);
+
+/* ---------------------------------------------------------------- Out */
+
+static int out_gc(lua_State *L) {
+  Out *o = (Out *)luaL_checkudata(L, 1, OUT_MT);
+  if (o->p) o->f(o->ud, o->p, o->cap, 0);
+  if (o->lv) o->f(o->ud, o->lv, o->nlv * sizeof(Level), 0);
+  o->p = NULL;
+  o->lv = NULL;
+  o->cap = o->nlv = o->n = 0;
   return 0;
 }
 
-void brisk_xml_install_serializer(lua_State *L, int st) {
-  st = lua_absindex(L, st);
-  lua_pushvalue(L, st);
-  lua_getfield(L, st, "xml_escape");
-  lua_pushcclosure(L, l_uninstall, 2);
-  lua_getfield(L, LUA_REGISTRYINDEX, "brisk.xml");
-  lua_getfield(L, -1, "xml_escape");
-  lua_setfield(L, st, "xml_escape");
+static Out *out_new(lua_State *L) {
+  Out *o = (Out *)lua_newuserdatauv(L, sizeof(Out), 0);
+  memset(o, 0, sizeof *o);
+  o->f = lua_getallocf(L, &o->ud);
+  luaL_setmetatable(L, OUT_MT);
+  return o;
+}
+
+/*
+** Push the closure's cached buffer, or a fresh one when the cached one is
+** busy: a re-entrant call (from an __index metamethod, say) or one left
+** marked by a call an error unwound. A fresh buffer replaces the cached one
+** when released, so a buffer lost to an error costs one allocation.
+*/
+static Out *out_acquire(lua_State *L, int *fresh) {
+  Out *o = (Out *)lua_touserdata(L, lua_upvalueindex(UV_CACHE));
+  if (o != NULL && !o->busy) {
+    lua_pushvalue(L, lua_upvalueindex(UV_CACHE));
+    *fresh = 0;
+  } else {
+    o = out_new(L);
+    *fresh = 1;
+  }
+  o->busy = 1;
+  o->n = 0;
+  return o;
+}
+
+/* Done with the buffer at index idx; a large one gives its memory back. */
+static void out_release(lua_State *L, Out *o, int idx, int fresh) {
+  o->busy = 0;
+  if (o->cap > OUT_KEEP_MAX) {
+    o->f(o->ud, o->p, o->cap, 0);
+    o->p = NULL;
+    o->cap = 0;
+  }
+  if (fresh) {
+    lua_pushvalue(L, idx);
+    lua_replace(L, lua_upvalueindex(UV_CACHE));
+  }
+}
+
+static void out_grow(lua_State *L, Out *o, size_t need) {
+  size_t cap = o->cap ? o->cap : 512;
+  char *p;
+  if (need > ((size_t)-1) / 2 - o->n)
+    luaL_error(L, "brisk.xml: serialized stanza too large");
+  while (cap < o->n + need) cap *= 2;
+  p = (char *)o->f(o->ud, o->p, o->cap, cap);
+  if (p == NULL) luaL_error(L, "not enough memory");
+  o->p = p;
+  o->cap = cap;
+}
+
+static inline void out_add(lua_State *L, Out *o, const char *s, size_t len) {
+  if (o->cap - o->n < len) out_grow(L, o, len);
+  memcpy(o->p + o->n, s, len);
+  o->n += len;
+}
+
+#define out_lit(L, o, s) out_add((L), (o), "" s, sizeof(s) - 1)
+
+static inline void out_char(lua_State *L, Out *o, char c) {
+  if (o->n == o->cap) out_grow(L, o, 1);
+  o->p[o->n++] = c;
+}
+
+/* Decimal form of a small positive counter, as Lua's ".." writes it. */
+static void out_int(lua_State *L, Out *o, lua_Integer v) {
+  char tmp[24];
+  int i = (int)sizeof tmp;
+  do {
+    tmp[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v > 0);
+  out_add(L, o, tmp + i, sizeof tmp - (size_t)i);
+}
+
+/* The five bytes util.stanza escapes, and what each becomes. */
+static const unsigned char esc_class[256] = {
+  ['\''] = 1, ['"'] = 2, ['<'] = 3, ['>'] = 4, ['&'] = 5
+};
+static const char *const esc_text[6] = {
+  NULL, "&apos;", "&quot;", "&lt;", "&gt;", "&amp;"
+};
+static const unsigned char esc_len[6] = { 0, 6, 6, 4, 4, 5 };
+
+#if defined(__SSE2__)
+/* Bit i set when byte i of x is one of the five. */
+static inline unsigned special_mask(__m128i x) {
+  __m128i m = _mm_or_si128(
+      _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\'')),
+                   _mm_cmpeq_epi8(x, _mm_set1_epi8('"'))),
+      _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('<')),
+                                _mm_cmpeq_epi8(x, _mm_set1_epi8('>'))),
+                   _mm_cmpeq_epi8(x, _mm_set1_epi8('&'))));
+  return (unsigned)_mm_movemask_epi8(m);
+}
+#endif
+
+/*
+** Index of the first byte of s[i..len) that needs escaping, or len. With
+** SSE2, 16 (or 8) bytes at a time; the last block overlaps bytes already
+** found clean rather than reading past the string.
+*/
+static inline size_t next_special(const char *s, size_t i, size_t len) {
+#if defined(__SSE2__)
+  if (len - i >= 16) {
+    unsigned bits;
+    for (; i + 16 <= len; i += 16) {
+      bits = special_mask(_mm_loadu_si128((const __m128i *)(const void *)(s + i)));
+      if (bits) return i + (size_t)__builtin_ctz(bits);
+    }
+    if (i == len) return len;
+    i = len - 16;
+    bits = special_mask(_mm_loadu_si128((const __m128i *)(const void *)(s + i)));
+    return bits ? i + (size_t)__builtin_ctz(bits) : len;
+  }
+  if (len - i >= 8) {
+    unsigned bits;
+    bits = special_mask(_mm_loadl_epi64((const __m128i *)(const void *)(s + i))) & 0xffu;
+    if (bits) return i + (size_t)__builtin_ctz(bits);
+    i = len - 8;
+    bits = special_mask(_mm_loadl_epi64((const __m128i *)(const void *)(s + i))) & 0xffu;
+    return bits ? i + (size_t)__builtin_ctz(bits) : len;
+  }
+#endif
+  for (; i < len; i++)
+    if (esc_class[(unsigned char)s[i]]) return i;
+  return len;
+}
+
+/*
+** Append s escaped as util.stanza.xml_escape does: runs between special
+** bytes are copied whole. Room for the unescaped length is made first, so
+** the common case (nothing to escape) is one scan and one copy.
+*/
+static void out_escaped(lua_State *L, Out *o, const char *s, size_t len) {
+  size_t start = 0, i;
+  if (o->cap - o->n < len) out_grow(L, o, len);
+  i = next_special(s, 0, len);
+  if (i == len) {
+    memcpy(o->p + o->n, s, len);
+    o->n += len;
+    return;
+  }
+  do {
+    unsigned char c = esc_class[(unsigned char)s[i]];
+    out_add(L, o, s + start, i - start);
+    out_add(L, o, esc_text[c], esc_len[c]);
+    start = i + 1;
+  } while ((i = next_special(s, start, len)) < len);
+  out_add(L, o, s + start, len - start);
+}
+
+/* Ensure room for the walk's integer stack at the given depth. */
+static Level *level_at(lua_State *L, Out *o, size_t depth) {
+  if (depth >= o->nlv) {
+    size_t n = o->nlv ? o->nlv * 2 : 32;
+    Level *lv = (Level *)o->f(o->ud, o->lv, o->nlv * sizeof(Level),
+                              n * sizeof(Level));
+    if (lv == NULL) luaL_error(L, "not enough memory");
+    o->lv = lv;
+    o->nlv = n;
+  }
+  return &o->lv[depth];
+}
+
+/* ---------------------------------------------------------------- walk */
+
+/*
+** Write " key='value'" for every attribute of the table at index attr (on
+** top of the stack, no metatable), in lua_next order, which is the order of
+** stock's pairs. parentns is the index of the parent's attr.xmlns, 0 at the
+** top (stock's nil there): an xmlns equal to it is left out, as stock does.
+** A namespaced attribute ("ns\1name") gets its own xmlns:nsN declaration,
+** numbered from 1 in each element. The raw attr.xmlns is copied to nsslot
+** for the children. Returns 0 when stock must handle the stanza.
+*/
+static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
+                       int nsslot) {
+  const int ki = attr + 1, vi = attr + 2;
+  lua_Integer nsid = 0;
+  lua_pushnil(L);
+  while (lua_next(L, attr)) {
+    const char *k, *v, *sep;
+    size_t kl, vl;
+    int kt = lua_type(L, ki);
+    if (kt == LUA_TSTRING) {
+      k = lua_tolstring(L, ki, &kl);
+    } else if (kt == LUA_TNUMBER) {
+      /* Convert a copy: converting the key itself would break lua_next. */
+      lua_pushvalue(L, ki);
+      k = lua_tolstring(L, -1, &kl);
+    } else {
+      return 0;
+    }
+    sep = (const char *)memchr(k, '\1', kl);
+    if (sep != NULL) {
+      /* lua_tolstring converts a number value in place, in our slot, the
+         way gsub would; anything but a string or number is stock's error. */
+      if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+      nsid++;
+      out_lit(L, o, " xmlns:ns");
+      out_int(L, o, nsid);
+      out_lit(L, o, "='");
+      out_escaped(L, o, k, (size_t)(sep - k));
+      out_lit(L, o, "' ns");
+      out_int(L, o, nsid);
+      out_char(L, o, ':');
+      out_add(L, o, sep + 1, kl - (size_t)(sep - k) - 1);
+      out_lit(L, o, "='");
+      out_escaped(L, o, v, vl);
+      out_char(L, o, '\'');
+    } else {
+      if (kt == LUA_TSTRING && kl == 5 && memcmp(k, "xmlns", 5) == 0) {
+        /* Before any conversion: the children compare the raw value. */
+        lua_copy(L, vi, nsslot);
+        /* rawequal is stock's == here: __eq never applies to a string or
+           number, and any other value goes to stock below. */
+        if (parentns != 0 && lua_rawequal(L, vi, parentns)) {
+          lua_settop(L, ki);
+          continue;
+        }
+      }
+      if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+      out_char(L, o, ' ');
+      out_add(L, o, k, kl);
+      out_lit(L, o, "='");
+      out_escaped(L, o, v, vl);
+      out_char(L, o, '\'');
+    }
+    lua_settop(L, ki); /* keep the key for lua_next */
+  }
+  return 1;
+}
+
+/*
+** Stack slots of one open element: the element, its name (as a string),
+** its raw attr.xmlns (the children's parentns), attr, and #element.
+*/
+#define SLOTS 5
+
+/*
+** Open the element at index t, whose name (read once: stock's child.name
+** and t.name read the same field) is at t + 1, the top. Writes "<name
+** attrs" and then either "/>" (returns 1; the slots are popped) or ">"
+** (returns 2, the SLOTS slots stay, *lv is filled in). Returns 0 when stock
+** must handle the stanza.
+*/
+static int enter(lua_State *L, Out *o, int t, int parentns, Level *lv) {
+  const char *name;
+  size_t nl;
+  int isnum;
+  /* In our own slot, so a number name may be converted as ".." would. */
+  if ((name = lua_tolstring(L, t + 1, &nl)) == NULL) return 0;
+  lua_pushnil(L); /* t + 2: attr.xmlns, nil unless write_attrs sees one */
+  /* attr must be a plain table: pairs would honour __pairs, and
+     t.attr.xmlns __index, in ways a raw walk cannot follow. */
+  if (get_key(L, t, UV_KATTR) != LUA_TTABLE || lua_getmetatable(L, t + 3))
+    return 0;
+  out_char(L, o, '<');
+  out_add(L, o, name, nl);
+  if (!write_attrs(L, o, t + 3, parentns, t + 2)) return 0;
+  lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
+  lv->len = lua_tointegerx(L, t + 4, &isnum);
+  if (!isnum) return 0;
+  lv->n = 0;
+  lv->name = name;
+  lv->nl = nl;
+  if (lv->len == 0) {
+    out_lit(L, o, "/>");
+    lua_settop(L, t - 1);
+    return 1;
+  }
+  out_char(L, o, '>');
+  return 2;
+}
+
+/* Stack slots the walk reserves at a time. */
+#define STACK_CHUNK 160
+
+/*
+** Serialize the value at index root into o. Returns 1 on success, 0 when
+** stock must handle it; either way the stack is back to its entry height.
+** Open elements live on the Lua stack, SLOTS each from base + 1, their
+** counters in o->lv: an explicit stack, so depth is bounded by Lua's stack
+** limit (a Lua error), never by the C stack.
+*/
+static int walk(lua_State *L, Out *o, int root) {
+  const int top = lua_gettop(L), base = top;
+  int limit = top + STACK_CHUNK, r;
+  size_t depth = 0;
+  if (lua_type(L, root) != LUA_TTABLE) return 0;
+  if (!lua_checkstack(L, STACK_CHUNK))
+    luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+  lua_pushvalue(L, root);
+  get_key(L, base + 1, UV_KNAME);
+  if ((r = enter(L, o, base + 1, 0, level_at(L, o, 0))) == 0) goto fallback;
+  if (r == 1) goto done;
+  depth = 1;
+  while (depth > 0) {
+    Level *lv = &o->lv[depth - 1];
+    const int t = base + SLOTS * (int)(depth - 1) + 1;
+    if (lv->n >= lv->len) {
+      out_lit(L, o, "</");
+      out_add(L, o, lv->name, lv->nl);
+      out_char(L, o, '>');
+      lua_settop(L, t - 1);
+      depth--;
+      continue;
+    }
+    if (t + 2 * SLOTS + 8 > limit) {
+      /* A child needs SLOTS slots after ours, write_attrs three more. */
+      if (!lua_checkstack(L, STACK_CHUNK))
+        luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+      limit = lua_gettop(L) + STACK_CHUNK;
+    }
+    lv->n++;
+    switch (lua_geti(L, t, lv->n)) {
+      case LUA_TSTRING: {
+        size_t sl;
+        const char *s = lua_tolstring(L, -1, &sl);
+        out_escaped(L, o, s, sl);
+        lua_settop(L, t + SLOTS - 1);
+        break;
+      }
+      case LUA_TTABLE:
+        /* child.name decides element or text; stock takes a table with a
+           false name as text (an error) and errs on a name that is not a
+           string or number: both for stock to report. */
+        get_key(L, t + SLOTS, UV_KNAME);
+        if ((r = enter(L, o, t + SLOTS, t + 2, level_at(L, o, depth))) == 0)
+          goto fallback;
+        if (r == 2) depth++;
+        break;
+      default:
+        goto fallback;
+    }
+  }
+done:
+  lua_settop(L, top);
+  return 1;
+fallback:
+  lua_settop(L, top);
+  return 0;
+}
+
+/* ------------------------------------------------------- entry points */
+
+/*
+** Push the stock function this closure stands in for: stanza_mt[field], or
+** util.stanza[field] when in_mt is 0. An installed closure holds it
+** (UV_STOCK); a module-level one looks in util.stanza on each (rare) need,
+** since what is there can change, and takes the stock function out of our
+** closure when it finds Brisk installed. Also fills in UV_MT.
+*/
+static void push_stock(lua_State *L, const char *field, int in_mt,
+                       lua_CFunction self) {
+  if (!lua_isnil(L, lua_upvalueindex(UV_STOCK))) {
+    lua_pushvalue(L, lua_upvalueindex(UV_STOCK));
+    return;
+  }
+  if (!brisk_require_prosody(L, "util.stanza"))
+    luaL_error(L, "brisk.xml: cannot load util.stanza");
+  lua_getfield(L, -1, "stanza_mt");
+  if (!lua_istable(L, -1))
+    luaL_error(L, "brisk.xml: util.stanza has no stanza_mt");
+  lua_getfield(L, in_mt ? -1 : -2, field);
+  if (lua_tocfunction(L, -1) == self) {
+    lua_getupvalue(L, -1, UV_STOCK);
+    lua_remove(L, -2);
+  }
+  if (!lua_isfunction(L, -1))
+    luaL_error(L, "brisk.xml: util.stanza has no %s%s",
+               in_mt ? "stanza_mt." : "", field);
+  lua_pushvalue(L, -2);
+  lua_replace(L, lua_upvalueindex(UV_MT));
+  lua_replace(L, -3);
   lua_pop(L, 1);
 }
 
+/* Call the stock function with the first nargs arguments; return 1 result. */
+static int call_stock(lua_State *L, int nargs, const char *field, int in_mt,
+                      lua_CFunction self) {
+  lua_settop(L, nargs);
+  push_stock(L, field, in_mt, self);
+  lua_insert(L, 1);
+  lua_call(L, nargs, 1);
+  return 1;
+}
+
+/*
+** __tostring(stanza) / brisk.xml.tostring(stanza): the stanza as XML.
+*/
+static int l_tostring(lua_State *L) {
+  Out *o;
+  int fresh;
+  lua_settop(L, 1);
+  o = out_acquire(L, &fresh); /* 2 */
+  if (!walk(L, o, 1)) {
+    out_release(L, o, 2, fresh);
+    return call_stock(L, 1, "__tostring", 1, l_tostring);
+  }
+  lua_pushlstring(L, o->p, o->n);
+  out_release(L, o, 2, fresh);
+  return 1;
+}
+
+/* A table pairs() walks raw: no metatable at all. */
+static int plain_table(lua_State *L, int idx) {
+  if (lua_type(L, idx) != LUA_TTABLE) return 0;
+  if (lua_getmetatable(L, idx)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+/*
+** top_tag(stanza): the opening tag alone, "<name attrs>". Stock builds it
+** from clone(stanza, true), whose attr table is a fresh copy filled in pairs
+** order; the copy can iterate in a different order than the original, so
+** the copy is made here the same way and its order is the one written.
+*/
+static int l_top_tag(lua_State *L) {
+  Out *o;
+  int fresh;
+  lua_settop(L, 1);
+  if (lua_isnil(L, lua_upvalueindex(UV_MT))) {
+    push_stock(L, "top_tag", 1, l_top_tag);
+    lua_settop(L, 1);
+  }
+  /* clone() insists on a stanza (getmetatable(s) == stanza_mt). */
+  if (!lua_getmetatable(L, 1) || !lua_rawequal(L, 2, lua_upvalueindex(UV_MT)))
+    return call_stock(L, 1, "top_tag", 1, l_top_tag);
+  lua_settop(L, 1);
+  get_key(L, 1, UV_KATTR);          /* 2 */
+  lua_getfield(L, 1, "namespaces"); /* 3: clone copies it with pairs */
+  get_key(L, 1, UV_KNAME);          /* 4 */
+  if (!plain_table(L, 2) || (lua_toboolean(L, 3) && !plain_table(L, 3)) ||
+      lua_tolstring(L, 4, NULL) == NULL)
+    return call_stock(L, 1, "top_tag", 1, l_top_tag);
+  lua_newtable(L);                  /* 5: the copy, as "attr[k] = v" */
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 5);
+  }
+  lua_pushnil(L);                   /* 6: attr.xmlns, unused */
+  o = out_acquire(L, &fresh);       /* 7 */
+  lua_pushvalue(L, 5);              /* 8: write_attrs wants it on top */
+  out_char(L, o, '<');
+  {
+    size_t nl;
+    const char *name = lua_tolstring(L, 4, &nl);
+    out_add(L, o, name, nl);
+  }
+  if (!write_attrs(L, o, 8, 0, 6)) {
+    out_release(L, o, 7, fresh);
+    return call_stock(L, 1, "top_tag", 1, l_top_tag);
+  }
+  out_char(L, o, '>');
+  lua_pushlstring(L, o->p, o->n);
+  out_release(L, o, 7, fresh);
+  return 1;
+}
+
+static const luaL_Reg serializer_funcs[] = {
+  {"tostring", l_tostring},
+  {"top_tag", l_top_tag},
+  {NULL, NULL}
+};
+
+/*
+** Push a closure of fn with its own upvalues: a buffer, the stanza_mt and
+** stock function at the given indices (0: nil, looked up on first need),
+** and the keys.
+*/
+static void push_closure(lua_State *L, lua_CFunction fn, int mt, int stock) {
+  out_new(L);
+  if (mt) lua_pushvalue(L, mt); else lua_pushnil(L);
+  if (stock) lua_pushvalue(L, stock); else lua_pushnil(L);
+  lua_pushliteral(L, "name");
+  lua_pushliteral(L, "attr");
+  lua_pushcclosure(L, fn, UV_COUNT);
+}
+
+/* ------------------------------------------------------ install/undo */
+
+/*
+** What install patches: the field, the table it lives in (1 = stanza_mt,
+** 0 = the module table) and the C function put there.
+*/
+static const struct Patch {
+  const char *field;
+  int in_mt;
+  lua_CFunction fn;
+} patches[] = {
+  {"__tostring", 1, l_tostring},
+  {"top_tag", 1, l_top_tag},
+  {"xml_escape", 0, NULL}, /* brisk.xml.xml_escape, from xml.c */
+};
+#define NPATCHES ((int)(sizeof patches / sizeof patches[0]))
+
+/*
+** The undo closure. Upvalues: 1 = util.stanza, 2 = stanza_mt, then for
+** each patch the value installed (false if none) and the original it
+** replaced. A field is restored only while it still holds what install put
+** there, so undoing never clobbers someone else's later patch, and a
+** second call is a no-op.
+*/
+static int l_uninstall(lua_State *L) {
+  int i;
+  for (i = 0; i < NPATCHES; i++) {
+    int tbl = lua_upvalueindex(patches[i].in_mt ? 2 : 1);
+    lua_getfield(L, tbl, patches[i].field);
+    if (lua_toboolean(L, lua_upvalueindex(3 + 2 * i)) &&
+        lua_rawequal(L, -1, lua_upvalueindex(3 + 2 * i))) {
+      lua_pushvalue(L, lua_upvalueindex(4 + 2 * i));
+      lua_setfield(L, tbl, patches[i].field);
+    }
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+/* Is the value at idx Brisk's own version of patch p? */
+static int is_ours(lua_State *L, int idx, const struct Patch *p) {
+  int ours;
+  if (p->fn != NULL) return lua_tocfunction(L, idx) == p->fn;
+  lua_getfield(L, LUA_REGISTRYINDEX, "brisk.xml");
+  lua_getfield(L, -1, p->field);
+  ours = lua_rawequal(L, idx, -1);
+  lua_pop(L, 2);
+  return ours;
+}
+
+/*
+** Install: each field that does not already hold Brisk's version gets it;
+** installing twice patches once, and only the first undo restores.
+*/
+void brisk_xml_install_serializer(lua_State *L, int st) {
+  int mt, i;
+  st = lua_absindex(L, st);
+  lua_getfield(L, st, "stanza_mt");
+  if (!lua_istable(L, -1))
+    luaL_error(L, "brisk.xml: util.stanza has no stanza_mt");
+  mt = lua_gettop(L);
+  lua_pushvalue(L, st);
+  lua_pushvalue(L, mt);
+  for (i = 0; i < NPATCHES; i++) {
+    const struct Patch *p = &patches[i];
+    int tbl = p->in_mt ? mt : st;
+    int orig;
+    lua_getfield(L, tbl, p->field);
+    orig = lua_gettop(L);
+    if (is_ours(L, orig, p)) {
+      lua_pushboolean(L, 0);
+      lua_insert(L, orig); /* [.., false, original] */
+      continue;
+    }
+    if (p->fn == NULL) {
+      lua_getfield(L, LUA_REGISTRYINDEX, "brisk.xml");
+      lua_getfield(L, -1, p->field);
+      lua_remove(L, -2);
+    } else {
+      /* The original is also what the C version falls back on. */
+      if (!lua_isfunction(L, orig))
+        luaL_error(L, "brisk.xml: util.stanza has no stanza_mt.%s", p->field);
+      push_closure(L, p->fn, mt, orig);
+    }
+    lua_pushvalue(L, -1);
+    lua_setfield(L, tbl, p->field);
+    lua_insert(L, orig); /* [.., installed, original] */
+  }
+  lua_pushcclosure(L, l_uninstall, 2 + 2 * NPATCHES);
+  lua_remove(L, mt);
+}
+
 void brisk_xml_open_serializer(lua_State *L, int mod) {
-  BRISK_UNUSED(L);
-  BRISK_UNUSED(mod);
+  mod = lua_absindex(L, mod);
+  if (luaL_newmetatable(L, OUT_MT)) {
+    lua_pushcfunction(L, out_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  for (const luaL_Reg *r = serializer_funcs; r->name; r++) {
+    push_closure(L, r->func, 0, 0);
+    lua_setfield(L, mod, r->name);
+  }
 }

@@ -72,34 +72,63 @@ static int l_uninstall_nothing(lua_State *L) {
   return 0;
 }
 
-/* Upvalue 1 of the undo closure: the serializer's undo function. */
+/* Upvalues of the undo closure: the parser's and the serializer's undo
+** functions; the parser is restored first (reverse order of install). */
 static int l_uninstall(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_call(L, 0, 0);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_call(L, 0, 0);
   return 0;
 }
 
+/* opts[k] ~= false: absent or nil means yes, as Prosody's options do. */
+static int opt_enabled(lua_State *L, const char *k) {
+  int on;
+  if (lua_isnoneornil(L, 1)) return 1;
+  lua_getfield(L, 1, k);
+  on = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return on;
+}
+
 /*
 ** install([opts]): patch Prosody's libraries in this Lua state to use
-** Brisk, and return a function that undoes the patch. opts.serialize = false
-** leaves util.stanza alone.
+** Brisk, and return a function that undoes the patch, plus a list naming
+** what was replaced. opts.serialize = false leaves util.stanza alone,
+** opts.parse = false leaves util.xmppstream alone.
 */
 static int l_install(lua_State *L) {
-  int serialize = 1;
-  if (!lua_isnoneornil(L, 1)) {
+  int serialize, parse, list;
+  if (!lua_isnoneornil(L, 1))
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "serialize");
-    serialize = lua_isnil(L, -1) || lua_toboolean(L, -1);
-    lua_pop(L, 1);
-  }
+  serialize = opt_enabled(L, "serialize");
+  parse = opt_enabled(L, "parse");
+  lua_settop(L, 1);
+  lua_newtable(L);
+  list = 2;
   if (!brisk_require_prosody(L, "util.stanza"))
     return luaL_error(L, "brisk.xml: cannot load util.stanza");
-  if (serialize)
+  if (serialize) {
     brisk_xml_install_serializer(L, -1);
-  else
+    lua_pushliteral(L, "util.stanza serialization");
+    lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
+  } else {
     lua_pushcfunction(L, l_uninstall_nothing);
-  lua_pushcclosure(L, l_uninstall, 1);
-  return 1;
+  }
+  if (parse) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "brisk.xml");
+    if (brisk_xml_install_parser(L, -1) > 0) {
+      lua_pushliteral(L, "util.xmppstream.new");
+      lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
+    }
+    lua_remove(L, -2); /* the module table */
+  } else {
+    lua_pushcfunction(L, l_uninstall_nothing);
+  }
+  lua_pushcclosure(L, l_uninstall, 2);
+  lua_pushvalue(L, list);
+  return 2;
 }
 
 static const luaL_Reg xml_funcs[] = {

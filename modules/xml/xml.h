@@ -19,4 +19,11 @@ void brisk_xml_open_serializer(lua_State *L, int mod);
 */
 void brisk_xml_install_serializer(lua_State *L, int st);
 
+/*
+** Patch util.xmppstream (every name it is loaded under) so that its "new"
+** is brisk.xml.new from the module table at index "mod"; push a function
+** that undoes exactly that patch. Returns the number of tables patched.
+*/
+int brisk_xml_install_parser(lua_State *L, int mod);
+
 #endif
