@@ -76,6 +76,7 @@ run: deps all
 
 -include bench/bench.mk
 -include fuzz/fuzz.mk
+-include soak/soak.mk
 
 clean:
 	rm -rf build
@@ -87,4 +88,5 @@ help:
 	@echo "make test-asan  the specs alone, against sanitizer builds"
 	@echo "make bench      stock vs Brisk benchmarks; make bench-quick for a short look"
 	@echo "make fuzz       libFuzzer targets for a longer bounded time"
+	@echo "make soak       live mixed-load soak (SOAK_SECONDS) + LeakSanitizer workload"
 	@echo "eval \"\$$(make -s env)\"   let a plain lua5.4 find brisk.* and Prosody"
