@@ -498,6 +498,7 @@ end
 -- stanza without pred), removed from the queue; nil after timeout seconds.
 function client_methods:receive(timeout, pred)
 	local deadline = socket.gettime() + (timeout or 5);
+	local pumped = false;
 	while true do
 		for i, s in ipairs(self.queue) do
 			if not pred or pred(s) then
@@ -506,8 +507,10 @@ function client_methods:receive(timeout, pred)
 			end
 		end
 		local left = deadline - socket.gettime();
-		if left <= 0 or self.closed then return nil; end
-		if not self:_pump(math.min(left, 0.5)) then
+		-- receive(0) still reads what is already on the socket once.
+		if self.closed or (left <= 0 and pumped) then return nil; end
+		pumped = true;
+		if not self:_pump(math.max(0, math.min(left, 0.5))) then
 			-- Closed: one more pass over the queue for a final stream error.
 			for i, s in ipairs(self.queue) do
 				if not pred or pred(s) then
