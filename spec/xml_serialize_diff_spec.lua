@@ -312,6 +312,91 @@ describe("brisk.xml serializer (differential)", function ()
 		check(p, "table xmlns elided")
 	end)
 
+	it("matches stock at every length around the copy and scan boundaries", function ()
+		-- Names, keys, values and text of 0 to 40 bytes, clean or with a
+		-- byte to escape (or a namespace separator in a key) at the start,
+		-- the middle or the end: the short-copy, word-scan and SSE paths.
+		local function variants(n, special)
+			local base = ("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH"):sub(1, n)
+			local list = { base }
+			if n > 0 then
+				for _, at in ipairs({ 1, (n + 1) // 2, n }) do
+					list[#list + 1] = base:sub(1, at - 1) .. special .. base:sub(at + 1)
+				end
+			end
+			return list
+		end
+		local count = 0
+		for n = 0, 40 do
+			for _, v in ipairs(variants(n, "&")) do
+				for _, q in ipairs({ v, (v:gsub("&", "'")), (v:gsub("&", "<")) }) do
+					local s = st.stanza(n > 0 and ("e"):rep(n) or "e", { v = q, x = "1" })
+					s:text(q):tag("c", { [n > 0 and ("k"):rep(n) or "k"] = q }):text(q .. q):up()
+					check(s, ("length %d %q"):format(n, q))
+					count = count + 1
+				end
+			end
+			for _, k in ipairs(variants(n, "\1")) do
+				if k ~= "" then
+					local s = st.stanza("a")
+					s.attr[k] = "v" .. n
+					s.attr["urn:x\1" .. k] = k
+					check(s, ("key length %d %q"):format(n, k))
+				end
+			end
+		end
+		assert.is_true(count > 100)
+	end)
+
+	it("matches stock when stanza_mt, attr or children answer through metamethods", function ()
+		local mt = st.stanza_mt
+		-- stanza_mt gains an integer key: a hole in the children reads it.
+		local ok, err = pcall(function ()
+			mt[2] = "ghost"
+			-- (A constructor sizes the array part so that #s is 3.)
+			local s = setmetatable({ "a", nil, "c", name = "h", attr = {}, tags = {} }, mt)
+			assert.equal("<h>aghostc</h>", check(s, "stanza_mt[2] through a hole"):sub(4))
+			local p = st.stanza("p"):tag("q"):up()
+			p[3] = "z"
+			check(p, "stanza_mt[2] under an element")
+		end)
+		mt[2] = nil
+		assert(ok, err)
+		-- stanza_mt gains __len, name and attr defaults.
+		ok, err = pcall(function ()
+			mt.__len = function (t) return rawlen(t) > 0 and 1 or 0 end
+			check(st.stanza("l"):text("one"):tag("two"):up(), "stanza_mt.__len")
+		end)
+		mt.__len = nil
+		assert(ok, err)
+		ok, err = pcall(function ()
+			mt.attr = { shared = "yes" }
+			mt.name = "dflt"
+			local bare = setmetatable({}, mt)
+			local s = st.stanza("a"); s[1] = bare; s[2] = setmetatable({ "t" }, mt)
+			check(s, "stanza_mt name and attr defaults")
+		end)
+		mt.attr, mt.name = nil, nil
+		assert(ok, err)
+		-- A child whose name, attr and children all come from __index.
+		local proto = { name = "proto", attr = { k = "v" }, "inherited text" }
+		local child = setmetatable({}, { __index = proto, __len = function () return 1 end })
+		local s = st.stanza("a"); s[1] = child
+		check(s, "child through __index")
+		-- Raw fields win over __index, which must not even be asked.
+		local asked = 0
+		local shadow = setmetatable({ name = "raw", attr = { a = "1" }, "text" },
+			{ __index = function () asked = asked + 1; return "idx" end })
+		s = st.stanza("a"); s[1] = shadow
+		check(s, "raw fields before __index")
+		assert.equal(0, asked)
+		-- attr with a metatable but no metamethods that matter.
+		s = st.stanza("a"); s.attr = setmetatable({ x = "1" }, {})
+		check(s, "attr with an empty metatable")
+		-- Stock's behaviour was not changed by any of this.
+		assert.equal("<a x='1'/>", stock_tostring(s))
+	end)
+
 	it("raises stock's errors on malformed stanzas", function ()
 		local cases = {
 			function (s) s[1] = 5 end,

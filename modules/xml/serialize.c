@@ -10,16 +10,28 @@
 ** Exactness is the first rule: the output must be byte-identical to stock.
 ** The walk reads stanzas exactly as stock does (lua_gettable/lua_geti honour
 ** __index like t.name and t[n], lua_len honours __len like #t; lua_next
-** visits attributes in the order of pairs). Anything stock would not serialize plainly — a child that is not a
-** string or an element, a name that is not a string or number, a missing or
-** exotic attr table — is not interpreted here: the call is handed, whole, to
-** the stock Lua function, which then produces its own output or raises its
-** own error, message and location included.
+** visits attributes in the order of pairs). Anything stock would not
+** serialize plainly — a child that is not a string or an element, a name
+** that is not a string or number, a missing or exotic attr table — is not
+** interpreted here: the call is handed, whole, to the stock Lua function,
+** which then produces its own output or raises its own error, message and
+** location included.
+**
+** Speed: most of the time goes to the Lua API calls exactness needs (about
+** 13 per element and 5 per attribute, lua_next alone a fifth of it), so the
+** C side keeps its own work small: one buffer reservation per attribute or
+** tag, short copies without memcpy calls, escaping scanned 16 bytes at a
+** time. Fields are read raw first (get_field, get_index), which is exact
+** for every table because __index only runs when the raw value is nil, and
+** a little cheaper. #t stays lua_len: proving that an element has no __len
+** (to use lua_rawlen) takes more calls than lua_len costs.
+** docs/xml-serializer.md has the measurements.
 **
 ** brisk_xml_install_serializer patches util.stanza in place and pushes a
 ** function that undoes exactly what it patched, so unloading mod_brisk_xml
 ** restores stock behaviour.
 */
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__SSE2__)
@@ -62,8 +74,9 @@ typedef struct Out {
 /*
 ** Upvalues shared by every serializer entry point. The two keys the walk
 ** reads on every element are kept as strings: pushing a C string key
-** (lua_getfield) costs a strcmp in Lua's string cache each time. (attr.xmlns
-** is picked up while iterating the attributes.)
+** (lua_getfield) costs a strcmp in Lua's string cache each time, and the
+** walk copies them into stack slots, which are cheaper to read than
+** upvalues. (attr.xmlns is picked up while iterating the attributes.)
 */
 #define UV_CACHE   1 /* a reusable Out */
 #define UV_MT      2 /* util.stanza's stanza_mt, or nil until looked up */
@@ -76,6 +89,29 @@ typedef struct Out {
 static inline int get_key(lua_State *L, int t, int key) {
   lua_pushvalue(L, lua_upvalueindex(key));
   return lua_gettable(L, t);
+}
+
+/*
+** Push t[k] for the table at t and the key at stack index k, exactly as
+** t[k] in Lua: a raw lookup first, since __index is only consulted when the
+** raw value is nil, and lua_gettable (honouring __index) only then. The raw
+** lookup is a little cheaper than lua_gettable's.
+*/
+static inline int get_field(lua_State *L, int t, int k) {
+  int type;
+  lua_pushvalue(L, k);
+  if ((type = lua_rawget(L, t)) != LUA_TNIL) return type;
+  lua_pushvalue(L, k);
+  lua_replace(L, -2);
+  return lua_gettable(L, t);
+}
+
+/* The same for t[n]. */
+static inline int get_index(lua_State *L, int t, lua_Integer n) {
+  int type;
+  if ((type = lua_rawgeti(L, t, n)) != LUA_TNIL) return type;
+  lua_pop(L, 1);
+  return lua_geti(L, t, n);
 }
 
 static int l_tostring(lua_State *L);
@@ -160,6 +196,43 @@ static inline void out_char(lua_State *L, Out *o, char c) {
   o->p[o->n++] = c;
 }
 
+/*
+** Copy n bytes to w and return the end. Attribute names, values and element
+** names are mostly a few bytes long, where a call to memcpy costs more than
+** the copy: up to 16 bytes are moved with two overlapping loads and stores
+** that never read outside the source.
+*/
+static inline char *put(char *w, const char *s, size_t n) {
+  if (n <= 16) {
+    if (n >= 8) {
+      uint64_t a, b;
+      memcpy(&a, s, 8);
+      memcpy(&b, s + n - 8, 8);
+      memcpy(w, &a, 8);
+      memcpy(w + n - 8, &b, 8);
+    } else if (n >= 4) {
+      uint32_t a, b;
+      memcpy(&a, s, 4);
+      memcpy(&b, s + n - 4, 4);
+      memcpy(w, &a, 4);
+      memcpy(w + n - 4, &b, 4);
+    } else if (n > 0) {
+      w[0] = s[0];
+      w[n / 2] = s[n / 2];
+      w[n - 1] = s[n - 1];
+    }
+    return w + n;
+  }
+  memcpy(w, s, n);
+  return w + n;
+}
+
+/* Make room for need more bytes; returns where they go. */
+static inline char *out_reserve(lua_State *L, Out *o, size_t need) {
+  if (o->cap - o->n < need) out_grow(L, o, need);
+  return o->p + o->n;
+}
+
 /* Decimal form of a small positive counter, as Lua's ".." writes it. */
 static void out_int(lua_State *L, Out *o, lua_Integer v) {
   char tmp[24];
@@ -175,8 +248,8 @@ static void out_int(lua_State *L, Out *o, lua_Integer v) {
 static const unsigned char esc_class[256] = {
   ['\''] = 1, ['"'] = 2, ['<'] = 3, ['>'] = 4, ['&'] = 5
 };
-static const char *const esc_text[6] = {
-  NULL, "&apos;", "&quot;", "&lt;", "&gt;", "&amp;"
+static const char esc_text[6][7] = {
+  "", "&apos;", "&quot;", "&lt;\0\0", "&gt;\0\0", "&amp;\0"
 };
 static const unsigned char esc_len[6] = { 0, 6, 6, 4, 4, 5 };
 
@@ -198,7 +271,9 @@ static inline unsigned special_mask(__m128i x) {
 ** SSE2, 16 (or 8) bytes at a time; the last block overlaps bytes already
 ** found clean rather than reading past the string.
 */
-static inline size_t next_special(const char *s, size_t i, size_t len) {
+/* Forced inline: as a call it cost a tenth of the attribute loop. */
+static inline __attribute__((always_inline)) size_t
+next_special(const char *s, size_t i, size_t len) {
 #if defined(__SSE2__)
   if (len - i >= 16) {
     unsigned bits;
@@ -227,41 +302,111 @@ static inline size_t next_special(const char *s, size_t i, size_t len) {
 
 /*
 ** Append s escaped as util.stanza.xml_escape does: runs between special
-** bytes are copied whole. Room for the unescaped length is made first, so
-** the common case (nothing to escape) is one scan and one copy.
+** bytes are copied whole. out_escaped_slow takes over at s[i], the first
+** byte that needs escaping (found by the caller's scan), so the common case
+** (nothing to escape) is one scan and one copy.
 */
-static void out_escaped(lua_State *L, Out *o, const char *s, size_t len) {
-  size_t start = 0, i;
-  if (o->cap - o->n < len) out_grow(L, o, len);
-  i = next_special(s, 0, len);
-  if (i == len) {
-    memcpy(o->p + o->n, s, len);
-    o->n += len;
-    return;
-  }
+static void out_escaped_slow(lua_State *L, Out *o, const char *s, size_t len,
+                             size_t i) {
+  size_t start = 0;
   do {
     unsigned char c = esc_class[(unsigned char)s[i]];
-    out_add(L, o, s + start, i - start);
-    out_add(L, o, esc_text[c], esc_len[c]);
+    char *w = out_reserve(L, o, i - start + 6);
+    w = put(w, s + start, i - start);
+    memcpy(w, esc_text[c], 6); /* all six bytes exist; only esc_len count */
+    o->n = (size_t)(w - o->p) + esc_len[c];
     start = i + 1;
   } while ((i = next_special(s, start, len)) < len);
   out_add(L, o, s + start, len - start);
 }
 
-/* Ensure room for the walk's integer stack at the given depth. */
-static Level *level_at(lua_State *L, Out *o, size_t depth) {
-  if (depth >= o->nlv) {
-    size_t n = o->nlv ? o->nlv * 2 : 32;
-    Level *lv = (Level *)o->f(o->ud, o->lv, o->nlv * sizeof(Level),
-                              n * sizeof(Level));
-    if (lv == NULL) luaL_error(L, "not enough memory");
-    o->lv = lv;
-    o->nlv = n;
+static inline void out_escaped(lua_State *L, Out *o, const char *s,
+                               size_t len) {
+  size_t i = next_special(s, 0, len);
+  if (i == len) {
+    char *w = out_reserve(L, o, len);
+    o->n = (size_t)(put(w, s, len) - o->p);
+    return;
   }
+  out_escaped_slow(L, o, s, len, i);
+}
+
+/*
+** Ensure room for the walk's integer stack at the given depth (the walk
+** goes one level deeper at a time, so doubling is always enough).
+*/
+static Level *level_grow(lua_State *L, Out *o, size_t depth) {
+  size_t n = o->nlv ? o->nlv * 2 : 32;
+  Level *lv = (Level *)o->f(o->ud, o->lv, o->nlv * sizeof(Level),
+                            n * sizeof(Level));
+  if (lv == NULL) luaL_error(L, "not enough memory");
+  o->lv = lv;
+  o->nlv = n;
   return &o->lv[depth];
 }
 
+static inline Level *level_at(lua_State *L, Out *o, size_t depth) {
+  return depth < o->nlv ? &o->lv[depth] : level_grow(L, o, depth);
+}
+
 /* ---------------------------------------------------------------- walk */
+
+/* Does the attribute name contain the namespace separator "\1"? Names
+   are short: a plain loop beats a call to memchr. */
+#define ONES64 0x0101010101010101u
+#define HIGHS64 0x8080808080808080u
+/* Non-zero when some byte of x is 0x01 (x ^ ONES has a zero byte there). */
+static inline uint64_t sep_in(uint64_t x) {
+  x ^= ONES64;
+  return (x - ONES64) & ~x & HIGHS64;
+}
+
+static inline int has_sep(const char *k, size_t kl) {
+  uint64_t a = 0, b = 0;
+  if (kl >= 8) {
+    if (kl > 16) return memchr(k, '\1', kl) != NULL;
+    memcpy(&a, k, 8);
+    memcpy(&b, k + kl - 8, 8);
+  } else if (kl >= 4) {
+    uint32_t a4, b4;
+    memcpy(&a4, k, 4);
+    memcpy(&b4, k + kl - 4, 4);
+    /* The upper bytes stay zero, which is not 0x01. */
+    a = a4;
+    b = b4;
+  } else {
+    size_t i;
+    for (i = 0; i < kl; i++)
+      if (k[i] == '\1') return 1;
+    return 0;
+  }
+  return (sep_in(a) | sep_in(b)) != 0;
+}
+
+/*
+** Write a namespaced attribute k ("ns\1name", value at vi) as stock does:
+** " xmlns:nsN='ns' nsN:name='value'". Returns 0 when stock must handle it.
+** Rare, so kept out of write_attrs' loop.
+*/
+static int __attribute__((noinline))
+write_ns_attr(lua_State *L, Out *o, const char *k, size_t kl, int vi,
+              lua_Integer nsid) {
+  const char *sep = (const char *)memchr(k, '\1', kl), *v;
+  size_t vl;
+  if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+  out_lit(L, o, " xmlns:ns");
+  out_int(L, o, nsid);
+  out_lit(L, o, "='");
+  out_escaped(L, o, k, (size_t)(sep - k));
+  out_lit(L, o, "' ns");
+  out_int(L, o, nsid);
+  out_char(L, o, ':');
+  out_add(L, o, sep + 1, kl - (size_t)(sep - k) - 1);
+  out_lit(L, o, "='");
+  out_escaped(L, o, v, vl);
+  out_char(L, o, '\'');
+  return 1;
+}
 
 /*
 ** Write " key='value'" for every attribute of the table at index attr (on
@@ -278,8 +423,9 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
   lua_Integer nsid = 0;
   lua_pushnil(L);
   while (lua_next(L, attr)) {
-    const char *k, *v, *sep;
-    size_t kl, vl;
+    const char *k, *v;
+    char *w;
+    size_t kl, vl, i;
     int kt = lua_type(L, ki);
     if (kt == LUA_TSTRING) {
       k = lua_tolstring(L, ki, &kl);
@@ -290,25 +436,8 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
     } else {
       return 0;
     }
-    sep = (const char *)memchr(k, '\1', kl);
-    if (sep != NULL) {
-      /* lua_tolstring converts a number value in place, in our slot, the
-         way gsub would; anything but a string or number is stock's error. */
-      if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
-      nsid++;
-      out_lit(L, o, " xmlns:ns");
-      out_int(L, o, nsid);
-      out_lit(L, o, "='");
-      out_escaped(L, o, k, (size_t)(sep - k));
-      out_lit(L, o, "' ns");
-      out_int(L, o, nsid);
-      out_char(L, o, ':');
-      out_add(L, o, sep + 1, kl - (size_t)(sep - k) - 1);
-      out_lit(L, o, "='");
-      out_escaped(L, o, v, vl);
-      out_char(L, o, '\'');
-    } else {
-      if (kt == LUA_TSTRING && kl == 5 && memcmp(k, "xmlns", 5) == 0) {
+    if (kl == 5 && memcmp(k, "xmlns", 5) == 0) {
+      if (kt == LUA_TSTRING) {
         /* Before any conversion: the children compare the raw value. */
         lua_copy(L, vi, nsslot);
         /* rawequal is stock's == here: __eq never applies to a string or
@@ -318,11 +447,27 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
           continue;
         }
       }
-      if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
-      out_char(L, o, ' ');
-      out_add(L, o, k, kl);
-      out_lit(L, o, "='");
-      out_escaped(L, o, v, vl);
+    } else if (has_sep(k, kl)) {
+      if (!write_ns_attr(L, o, k, kl, vi, ++nsid)) return 0;
+      lua_settop(L, ki);
+      continue;
+    }
+    /* lua_tolstring converts a number value in place, in our slot, the way
+       gsub would; anything but a string or number is stock's error. */
+    if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+    /* One reservation covers " k='v'" unless v needs escaping. */
+    w = out_reserve(L, o, kl + vl + 5);
+    *w++ = ' ';
+    w = put(w, k, kl);
+    *w++ = '=';
+    *w++ = '\'';
+    if ((i = next_special(v, 0, vl)) == vl) {
+      w = put(w, v, vl);
+      *w++ = '\'';
+      o->n = (size_t)(w - o->p);
+    } else {
+      o->n = (size_t)(w - o->p);
+      out_escaped_slow(L, o, v, vl, i);
       out_char(L, o, '\'');
     }
     lua_settop(L, ki); /* keep the key for lua_next */
@@ -343,7 +488,8 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
 ** (returns 2, the SLOTS slots stay, *lv is filled in). Returns 0 when stock
 ** must handle the stanza.
 */
-static int enter(lua_State *L, Out *o, int t, int parentns, Level *lv) {
+static int enter(lua_State *L, Out *o, int t, int parentns, int keys,
+                 Level *lv) {
   const char *name;
   size_t nl;
   int isnum;
@@ -352,10 +498,13 @@ static int enter(lua_State *L, Out *o, int t, int parentns, Level *lv) {
   lua_pushnil(L); /* t + 2: attr.xmlns, nil unless write_attrs sees one */
   /* attr must be a plain table: pairs would honour __pairs, and
      t.attr.xmlns __index, in ways a raw walk cannot follow. */
-  if (get_key(L, t, UV_KATTR) != LUA_TTABLE || lua_getmetatable(L, t + 3))
+  if (get_field(L, t, keys + 1) != LUA_TTABLE || lua_getmetatable(L, t + 3))
     return 0;
-  out_char(L, o, '<');
-  out_add(L, o, name, nl);
+  {
+    char *w = out_reserve(L, o, nl + 1);
+    *w++ = '<';
+    o->n = (size_t)(put(w, name, nl) - o->p);
+  }
   if (!write_attrs(L, o, t + 3, parentns, t + 2)) return 0;
   lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
   lv->len = lua_tointegerx(L, t + 4, &isnum);
@@ -383,24 +532,32 @@ static int enter(lua_State *L, Out *o, int t, int parentns, Level *lv) {
 ** limit (a Lua error), never by the C stack.
 */
 static int walk(lua_State *L, Out *o, int root) {
-  const int top = lua_gettop(L), base = top;
+  const int top = lua_gettop(L), keys = top + 1, base = top + 2;
   int limit = top + STACK_CHUNK, r;
   size_t depth = 0;
   if (lua_type(L, root) != LUA_TTABLE) return 0;
   if (!lua_checkstack(L, STACK_CHUNK))
     luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+  /* The keys on the stack: a stack slot is cheaper to read than an
+     upvalue. */
+  lua_pushvalue(L, lua_upvalueindex(UV_KNAME));
+  lua_pushvalue(L, lua_upvalueindex(UV_KATTR));
   lua_pushvalue(L, root);
-  get_key(L, base + 1, UV_KNAME);
-  if ((r = enter(L, o, base + 1, 0, level_at(L, o, 0))) == 0) goto fallback;
+  get_field(L, base + 1, keys);
+  if ((r = enter(L, o, base + 1, 0, keys, level_at(L, o, 0))) == 0)
+    goto fallback;
   if (r == 1) goto done;
   depth = 1;
   while (depth > 0) {
     Level *lv = &o->lv[depth - 1];
     const int t = base + SLOTS * (int)(depth - 1) + 1;
     if (lv->n >= lv->len) {
-      out_lit(L, o, "</");
-      out_add(L, o, lv->name, lv->nl);
-      out_char(L, o, '>');
+      char *w = out_reserve(L, o, lv->nl + 3);
+      *w++ = '<';
+      *w++ = '/';
+      w = put(w, lv->name, lv->nl);
+      *w++ = '>';
+      o->n = (size_t)(w - o->p);
       lua_settop(L, t - 1);
       depth--;
       continue;
@@ -412,7 +569,7 @@ static int walk(lua_State *L, Out *o, int root) {
       limit = lua_gettop(L) + STACK_CHUNK;
     }
     lv->n++;
-    switch (lua_geti(L, t, lv->n)) {
+    switch (get_index(L, t, lv->n)) {
       case LUA_TSTRING: {
         size_t sl;
         const char *s = lua_tolstring(L, -1, &sl);
@@ -424,8 +581,9 @@ static int walk(lua_State *L, Out *o, int root) {
         /* child.name decides element or text; stock takes a table with a
            false name as text (an error) and errs on a name that is not a
            string or number: both for stock to report. */
-        get_key(L, t + SLOTS, UV_KNAME);
-        if ((r = enter(L, o, t + SLOTS, t + 2, level_at(L, o, depth))) == 0)
+        get_field(L, t + SLOTS, keys);
+        if ((r = enter(L, o, t + SLOTS, t + 2, keys,
+                       level_at(L, o, depth))) == 0)
           goto fallback;
         if (r == 2) depth++;
         break;
