@@ -19,7 +19,7 @@ FUZZ_NAMES   := $(patsubst fuzz/%.c,%,$(wildcard fuzz/*_fuzz.c))
 FUZZ_TARGETS := $(addprefix build/fuzz/,$(FUZZ_NAMES))
 
 define fuzz_rule
-build/fuzz/$(1): fuzz/$(1).c $(wildcard modules/$(2)/*.c) $(wildcard modules/$(2)/*.h) $(wildcard include/*.h)
+build/fuzz/$(1): fuzz/$(1).c fuzz/fuzz_lua.h $(wildcard modules/$(2)/*.c) $(wildcard modules/$(2)/*.h) $(wildcard include/*.h)
 	@mkdir -p build/fuzz
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $$(CFLAGS_$(2)) -Imodules/$(2) -o $$@ $$< $(wildcard modules/$(2)/*.c) $$(LIBS_$(2)) -llua$(LUA_VERSION) -lm
 endef

@@ -14,9 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <lua.h>
-#include <lauxlib.h>
-#include <lualib.h>
+#include "fuzz_lua.h"
 
 int luaopen_brisk_xml(lua_State *L);
 
@@ -91,23 +89,7 @@ static const char script[] =
   "end\n";
 
 static void init(void) {
-  L = luaL_newstate();
-  luaL_openlibs(L);
-  /* Prosody's libraries, as Debian installs them. */
-  if (luaL_dostring(L,
-        "package.path = '/usr/lib/prosody/?.lua;' .. package.path\n"
-        "package.cpath = '/usr/lib/prosody/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;' .. package.cpath")
-      != LUA_OK) {
-    fprintf(stderr, "%s\n", lua_tostring(L, -1));
-    abort();
-  }
-  luaL_requiref(L, "brisk.xml", luaopen_brisk_xml, 0);
-  lua_pop(L, 1);
-  if (luaL_loadstring(L, script) != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
-    fprintf(stderr, "%s\n", lua_tostring(L, -1));
-    abort();
-  }
-  lua_setfield(L, LUA_REGISTRYINDEX, "xml_serialize_fuzz");
+  L = fuzz_lua_open("brisk.xml", luaopen_brisk_xml, script, "xml_serialize_fuzz");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
