@@ -3,15 +3,10 @@
 -- talk, and Ctrl-C (SIGINT to the process group) stops it cleanly. As root,
 -- the same again as an unprivileged user.
 local prosody = require "spec.helpers.prosody";
+local sh = prosody.sh;
 local st = require "util.stanza";
 local q = prosody.shell_quote;
 
-local function sh(cmd)
-	local f = assert(io.popen(cmd));
-	local out = f:read("a");
-	f:close();
-	return out;
-end
 
 local function run_make_run(as_user)
 	local dir = sh("mktemp -d /tmp/brisk-makerun-XXXXXX"):gsub("%s+$", "");

@@ -1,21 +1,12 @@
 -- The example hook scripts (examples/iot/*.lua) on a live server, and hook
 -- scripts reloaded on config reload.
 local prosody = require "spec.helpers.prosody";
+local sh = prosody.sh;
+local write = prosody.write_file;
 local st = require "util.stanza";
 local socket = require "socket";
 
-local function sh(cmd)
-	local f = io.popen(cmd);
-	local out = f:read("a");
-	f:close();
-	return out;
-end
 
-local function write(path, data)
-	local f = assert(io.open(path, "w"));
-	f:write(data);
-	f:close();
-end
 
 describe("example hook scripts", function ()
 	local srv, ops, scriptdir;

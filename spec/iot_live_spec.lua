@@ -1,6 +1,8 @@
 -- Live specs of mod_brisk_iot: a real Prosody, real device clients, a real
 -- local HTTP receiver that checks webhook signatures on its own.
 local prosody = require "spec.helpers.prosody";
+local sh = prosody.sh;
+local write = prosody.write_file;
 local receiver = require "spec.helpers.http_receiver";
 local st = require "util.stanza";
 local json = require "util.json";
@@ -26,18 +28,7 @@ for _, kind in ipairs{ "online", "offline", "state", "flapping", "silent" } do
 end
 ]];
 
-local function write(path, data)
-	local f = assert(io.open(path, "w"));
-	f:write(data);
-	f:close();
-end
 
-local function sh(cmd)
-	local f = io.popen(cmd);
-	local out = f:read("a");
-	f:close();
-	return out;
-end
 
 describe("mod_brisk_iot on a live server", function ()
 	local srv, hook, plugdir, observer, ops;

@@ -3,6 +3,8 @@
 -- identical. The stock drivers write the source data and read the results in
 -- this process; the migrator runs as its own process, finding
 -- mod_storage_brisk through brisk.storage_migrator.
+local helper = require "spec.helpers.prosody";
+local write = helper.write_file;
 
 local th = require "brisk.storage_testhost";
 
@@ -48,11 +50,6 @@ local function same(a, b, path)
 	return true;
 end
 
-local function write(path, text)
-	local f = assert(io.open(path, "w"));
-	f:write(text);
-	f:close();
-end
 
 local function migrate(config_text)
 	local cfg = dir.."/migrator.cfg.lua";

@@ -36,6 +36,8 @@ local function sh(cmd)
 	return out, ok, how, code;
 end
 
+M.sh = sh;
+
 local function shell_quote(s)
 	return "'" .. tostring(s):gsub("'", "'\\''") .. "'";
 end
@@ -54,6 +56,8 @@ local function write_file(path, data)
 	assert(f:write(data));
 	f:close();
 end
+
+M.read_file, M.write_file = read_file, write_file;
 
 local function is_root()
 	return (sh("id -u")):match("^0") ~= nil;
