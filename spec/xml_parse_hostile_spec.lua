@@ -44,7 +44,8 @@ describe("brisk.xml parser under hostile input", function ()
 	before_each(function () saved = brisk.set_limits() end)
 	after_each(function () brisk.set_limits(saved) end)
 
-	it("stops a 1 MB stanza of nested tags at the depth limit, in bounded memory", function ()
+	it("stops a 1 MB stanza of nested tags at an operator's depth limit, in bounded memory", function ()
+		brisk.set_limits({ max_depth = 256 })
 		local deep = "<message>" .. ("<a>"):rep(350000) -- about 1 MB
 		for _, chunked in ipairs({ false, true }) do
 			collectgarbage()
@@ -69,6 +70,23 @@ describe("brisk.xml parser under hostile input", function ()
 		end
 	end)
 
+	it("has no depth or attribute limit by default, as stock: the size limit bounds a nested stanza", function ()
+		assert.same({ max_depth = math.maxinteger, max_attributes = math.maxinteger }, brisk.set_limits())
+		local deep = "<message>" .. ("<a>"):rep(100000) -- 300 KB, over c2s's 256 KB
+		local chunks = { HEADER }
+		for i = 1, #deep, 4096 do chunks[#chunks + 1] = deep:sub(i, i + 4095) end
+		-- (compared without same_as_stock's readable lines: dumping a stanza
+		-- this deep, children reachable twice, would take forever)
+		local function same_deep(input, opts)
+			local d = harness.diff(harness.run(stock.new, input, opts), harness.run(brisk.new, input, opts))
+			assert(d == nil, d)
+		end
+		same_deep(chunks, { limit = 256 * 1024 })
+		-- inside the limit, 20k levels are parsed as stock parses them
+		same_deep({ HEADER, "<message>" .. ("<a>"):rep(20000) .. ("</a>"):rep(20000) .. "</message>" },
+			{ limit = 1024 * 1024 })
+	end)
+
 	it("applies set_limits to streams created afterwards", function ()
 		brisk.set_limits({ max_depth = 3 })
 		local rec = recorder()
@@ -81,12 +99,15 @@ describe("brisk.xml parser under hostile input", function ()
 		assert.has_error(function () brisk.set_limits({ max_depth = 0 }) end)
 		assert.has_error(function () brisk.set_limits({ max_attributes = "many" }) end)
 		local old = brisk.set_limits({ max_attributes = 7 })
-		assert.same({ max_depth = 3, max_attributes = 1024 }, old)
+		assert.same({ max_depth = 3, max_attributes = math.maxinteger }, old)
 	end)
 
-	it("stops an element with a huge attribute count", function ()
+	it("stops an element with a huge attribute count at an operator's limit", function ()
 		local attrs = {}
 		for i = 1, 5000 do attrs[i] = ("a%d='%d'"):format(i, i) end
+		-- by default, as stock: all of them
+		same_as_stock({ HEADER, "<message " .. table.concat(attrs, " ") .. "/>" }, { limit = 10 * 1024 * 1024 })
+		brisk.set_limits({ max_attributes = 1024 })
 		local rec = recorder(10 * 1024 * 1024)
 		local ok, err = rec.stream:feed("<message " .. table.concat(attrs, " ") .. "/>")
 		assert.is_nil(ok)

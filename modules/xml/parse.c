@@ -27,9 +27,14 @@
 #define XML_NS_LEN (sizeof(XML_NS) - 1)
 #define DEFAULT_STANZA_SIZE_LIMIT (1024 * 1024)
 
-/* Brisk's own hostile-input limits (stock has none); see docs/xml.md. */
-#define DEFAULT_MAX_DEPTH 256
-#define DEFAULT_MAX_ATTRIBUTES 1024
+/*
+** Optional limits on nesting depth and attributes per element. Stock has
+** none, and by default neither has Brisk: the stanza size limit already
+** bounds a stanza's memory, and open elements live in a Lua table, never on
+** the C stack. Operators may set lower ones (docs/xml.md).
+*/
+#define DEFAULT_MAX_DEPTH LUA_MAXINTEGER
+#define DEFAULT_MAX_ATTRIBUTES LUA_MAXINTEGER
 
 /* User value slots of a stream userdata. */
 enum {
@@ -41,7 +46,8 @@ enum {
   UV_STANZA_MT,
   UV_LIMIT,        /* stanza_size_limit, any Lua value (compared like stock) */
   UV_PENDING,      /* the error a callback raised during the current parse */
-  UV_COUNT = UV_PENDING
+  UV_CACHE,        /* the string cache shared by all streams (see push_name) */
+  UV_COUNT = UV_CACHE
 };
 
 typedef struct Limits {
@@ -76,8 +82,8 @@ typedef struct Stream {
 
 /*
 ** While a parse runs, its C frame holds, from s->base on: the element stack
-** table, util.stanza's stanza_mt and the keys "name", "attr", "tags" and
-** "xmlns", so that handlers need no lookups for them.
+** table, util.stanza's stanza_mt, the keys "name", "attr", "tags" and
+** "xmlns", and the string cache, so that handlers need no lookups for them.
 */
 #define SLOT_STACK(s) ((s)->base)
 #define SLOT_MT(s)    ((s)->base + 1)
@@ -85,6 +91,12 @@ typedef struct Stream {
 #define KEY_ATTR(s)   ((s)->base + 3)
 #define KEY_TAGS(s)   ((s)->base + 4)
 #define KEY_XMLNS(s)  ((s)->base + 5)
+#define SLOT_CACHE(s) ((s)->base + 6)
+
+/* Slots of the string cache, a power of two, and the longest string kept. */
+#define NAME_CACHE_SIZE 512
+#define NAME_CACHE_MAXLEN 48
+#define SHORT_VALUE_MAXLEN 12
 
 static const char *const STREAM_TYPE = "brisk.xml.stream";
 
@@ -265,6 +277,41 @@ static void progress(Stream *s, lua_Integer n) {
 /* expat handlers (mirrors of util.xmppstream's xml_handlers)               */
 /* ---------------------------------------------------------------------- */
 
+/*
+** Push the string str[0..len), for element names, attribute names and
+** namespaces: the same few strings over and over. A small cache (shared by
+** all streams of this Lua state: strings are immutable, and which copy of an
+** equal string a table holds cannot be observed) answers most of them with
+** one array read and a memcmp, cheaper than hashing and interning the string
+** again (Lua does not intern strings longer than 40 bytes at all: each push
+** would allocate). The slot is picked from the length and a few bytes.
+*/
+static void push_name(Stream *s, const char *str, size_t len) {
+  lua_State *L = s->L;
+  if (len > 0 && len <= NAME_CACHE_MAXLEN) {
+    unsigned h = (unsigned)len * 0x9E3779B1u;
+    lua_Integer slot;
+    const char *c;
+    size_t clen;
+    h ^= (unsigned char)str[0] | ((unsigned)(unsigned char)str[len - 1] << 8) |
+         ((unsigned)(unsigned char)str[len / 2] << 16);
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    h ^= h >> 15;
+    slot = (lua_Integer)(h & (NAME_CACHE_SIZE - 1)) + 1;
+    if (lua_rawgeti(L, SLOT_CACHE(s), slot) == LUA_TSTRING) {
+      c = lua_tolstring(L, -1, &clen);
+      if (clen == len && memcmp(c, str, len) == 0) return;
+    }
+    lua_pop(L, 1);
+    lua_pushlstring(L, str, len);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, SLOT_CACHE(s), slot);
+    return;
+  }
+  lua_pushlstring(L, str, len);
+}
+
 /* The xml: name of an attribute in the XML namespace, or NULL. */
 static const char *xml_attr_name(const char *k, size_t klen) {
   const char *local;
@@ -280,32 +327,79 @@ static const char *xml_attr_name(const char *k, size_t klen) {
 }
 
 /*
-** Push the attribute table: name = value for each attribute, xml:lang,
-** xml:space, xml:base and xml:id under their xml: names, other namespaced
-** names as "ns\1name", and xmlns when stock sets it. The table is created
-** at its final size: stock's contents exactly, though not its insertion
-** history (LuaExpat's positional entries), so pairs() may visit the keys in
-** another order; replaying that history cost a sixth of the parse time.
+** Push the attribute table, built by the very sequence of table writes that
+** stock performs, because a table's layout (and so its pairs() order, which
+** util.stanza's serializer follows, and where later insertions land) depends
+** on its whole history, not only on its contents. LuaExpat 1.5.1 starts from
+** an empty table and, for each attribute in expat's order, stores t[i] = name
+** for the first XML_GetSpecifiedAttributeCount()/2 of them and then
+** t[name] = value; util.xmppstream then sets xmlns (when it does), and for
+** i = 1..#t clears t[i] and moves an XML-namespace attribute from its
+** expanded name to its xml: name. The removed keys stay behind as empty
+** slots, as in stock.
 */
-static void push_attrs(Stream *s, const XML_Char **atts, int nattrs,
+static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
                        const char *ns, size_t nslen, int set_xmlns) {
   lua_State *L = s->L;
   const XML_Char **a;
-  lua_createtable(L, 0, nattrs + set_xmlns);
+  size_t vlen;
+  lua_Integer i = 1, n, lastspec = XML_GetSpecifiedAttributeCount(p) / 2;
+  /*
+  ** The one shortcut, exact by construction. From the empty table, stock's
+  ** writes t[1], k1, t[2], k2 grow it through four resizes to 2 array slots
+  ** and 2 nodes, and t[3], k3 through two more to 4 slots and 4 nodes. A
+  ** table created at that size and given the same writes ends in the very
+  ** same state (array size, node of every key, collision chains, free
+  ** pointer), so the reallocations can be skipped: a resize rebuilds the
+  ** nodes by reinserting the keys in node order, and up to this point that
+  ** order only matters for keys that collide: k1 and k2 sharing a node
+  ** among 2 leave the 4-slot resize (which keeps 2 nodes) in node order
+  ** k1, k2, insertion order, whichever node they share; if they do not
+  ** share one among 2 nodes, they cannot among 4. From 5 keys on the order
+  ** does matter (the differential specs catch an (8, 8) start at once), so
+  ** later resizes are replayed as they are.
+  */
+  if (lastspec >= 3) lua_createtable(L, 4, 4);
+  else if (lastspec == 2) lua_createtable(L, 2, 2);
+  else if (lastspec == 1) lua_createtable(L, 1, 1);
+  else lua_createtable(L, 0, 0);
   for (a = atts; *a; a += 2) {
-    size_t klen = strlen(a[0]);
-    const char *xmlk = xml_attr_name(a[0], klen);
-    if (xmlk) lua_pushstring(L, xmlk);
-    else lua_pushlstring(L, a[0], klen);
-    /* pushlstring, not pushstring: skips Lua's C-string cache (a strcmp
-    ** per call that rarely hits for attribute values) */
-    lua_pushlstring(L, a[1], strlen(a[1]));
+    push_name(s, a[0], strlen(a[0]));
+    if (i <= lastspec) {
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, -3, i++);
+    }
+    /* short values ("chat", "get", "result", ...) repeat too; longer ones
+    ** (ids, JIDs, text) mostly do not and would only churn the cache */
+    vlen = strlen(a[1]);
+    if (vlen <= SHORT_VALUE_MAXLEN) push_name(s, a[1], vlen);
+    else lua_pushlstring(L, a[1], vlen);
     lua_rawset(L, -3);
   }
   if (set_xmlns) {
     lua_pushvalue(L, KEY_XMLNS(s));
-    lua_pushlstring(L, ns, nslen);
+    push_name(s, ns, nslen);
     lua_rawset(L, -3);
+  }
+  /* Stock's "#attr": keys 1..lastspec are present and lastspec+1 is not, so
+  ** it is lastspec, but the length operator may also lower the array-size
+  ** hint inside the table, so it is evaluated here too. Specified attributes
+  ** come first in atts, so t[i] names atts[2i-2]. */
+  n = (lua_Integer)lua_rawlen(L, -1);
+  if (n > lastspec) n = lastspec;
+  for (i = 1, a = atts; i <= n; i++, a += 2) {
+    size_t klen = strlen(a[0]);
+    const char *xmlk = xml_attr_name(a[0], klen);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+    if (xmlk) {
+      lua_pushstring(L, xmlk);
+      lua_pushlstring(L, a[1], strlen(a[1]));
+      lua_rawset(L, -3);
+      push_name(s, a[0], klen);
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+    }
   }
 }
 
@@ -317,7 +411,7 @@ static void make_stanza(Stream *s, const char *name, size_t namelen) {
   lua_State *L = s->L;
   lua_createtable(L, 0, 3);
   lua_pushvalue(L, KEY_NAME(s));
-  lua_pushlstring(L, name, namelen);
+  push_name(s, name, namelen);
   lua_rawset(L, -3);
   lua_pushvalue(L, KEY_ATTR(s));
   lua_pushvalue(L, -3);
@@ -385,7 +479,7 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
       stop_parser(s, p);
     return;
   }
-  push_attrs(s, atts, nattrs, ns, nslen, set_xmlns);
+  push_attrs(s, p, atts, ns, nslen, set_xmlns);
   if (s->depth == 0) {
     int notopen;
     s->stanza_size = XML_GetCurrentByteCount(p);
@@ -637,6 +731,7 @@ static int parse_protected(lua_State *L) {
   lua_pushliteral(L, "attr");
   lua_pushliteral(L, "tags");
   lua_pushliteral(L, "xmlns");
+  lua_getiuservalue(L, 1, UV_CACHE);
   s->base = 4;
   s->L = L;
   s->ud = 1;
@@ -884,7 +979,10 @@ static const char *keep_string(lua_State *L, int t, int slot) {
   return v;
 }
 
-/* Upvalue: the Limits userdata. Upvalue 2: stock util.xmppstream.new or nil. */
+/*
+** Upvalue 1: the Limits userdata. Upvalue 2: stock util.xmppstream.new or
+** nil. Upvalue 3: the string cache table.
+*/
 static int l_new(lua_State *L) {
   Limits *lim = (Limits *)lua_touserdata(L, lua_upvalueindex(1));
   Stream *s;
@@ -969,6 +1067,8 @@ static int l_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_STANZA_MT);
   lua_newtable(L);
   lua_setiuservalue(L, ud, UV_STACK);
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_setiuservalue(L, ud, UV_CACHE);
 
   /* stock's ex.max_elements only reaches LuaExpat, which ignores it */
   s->cur = new_parser(L, s);
@@ -1129,7 +1229,8 @@ void brisk_xml_open_parser(lua_State *L, int mod) {
   /* stack: lim, stock new (or nil) */
   lua_pushvalue(L, -2);
   lua_pushvalue(L, -2);
-  lua_pushcclosure(L, l_new, 2);
+  lua_createtable(L, NAME_CACHE_SIZE, 0);
+  lua_pushcclosure(L, l_new, 3);
   lua_setfield(L, mod, "new");
   lua_pop(L, 1);
   lua_pushcclosure(L, l_set_limits, 1);
