@@ -5,8 +5,8 @@
 -- Options (global section):
 --   brisk_xml_parse = true        replace util.xmppstream.new
 --   brisk_xml_serialize = true    replace util.stanza serialization
---   brisk_xml_max_depth = 256     nesting limit of a stanza (Brisk's own)
---   brisk_xml_max_attributes = 1024  attributes per element (Brisk's own)
+--   brisk_xml_max_depth           nesting limit of a stanza (none by default, as stock)
+--   brisk_xml_max_attributes      attributes per element (none by default, as stock)
 module:set_global();
 
 local brisk_xml = require "brisk.loader".require("brisk.xml", module.path);
@@ -24,8 +24,8 @@ local parse = module:get_option_boolean("brisk_xml_parse", true);
 local serialize = module:get_option_boolean("brisk_xml_serialize", true);
 
 brisk_xml.set_limits({
-	max_depth = module:get_option_number("brisk_xml_max_depth", 256);
-	max_attributes = module:get_option_number("brisk_xml_max_attributes", 1024);
+	max_depth = math.tointeger(module:get_option_number("brisk_xml_max_depth", math.maxinteger));
+	max_attributes = math.tointeger(module:get_option_number("brisk_xml_max_attributes", math.maxinteger));
 });
 
 --[[

@@ -73,19 +73,8 @@ local function show(name, o)
 	print(name .. ": " .. table.concat(parts, " "));
 end
 
--- brisk_xml's parser has two hostile-input limits stock lacks (nesting depth
--- and attribute count per element, see docs/xml.md); beyond them it stops
--- the stream with not-well-formed where stock goes on. Attacks marked
--- `limit` accept exactly that outcome from Brisk as the documented
--- divergence; everything else about them (server up, probe) still holds.
-local divergences = {};
-local function is_limit_outcome(o)
-	return o.closed and o.condition == "not-well-formed" and o.stream_closed
-		and (o.after == nil or o.after == "nothing");
-end
-
 -- Run `attack` (built fresh for each server by make_attack) on both servers.
-local function duel(name, make_attack, limit)
+local function duel(name, make_attack)
 	local results = {};
 	for _, which in ipairs{ { "stock", stock }, { "brisk", brisk } } do
 		local label, s = which[1], which[2];
@@ -97,13 +86,7 @@ local function duel(name, make_attack, limit)
 			"%s: probe round trip %.3f s during %s", label, o.probe_worst, name));
 		results[label] = o;
 	end
-	if limit and mods.brisk_xml and is_limit_outcome(results.brisk)
-	and not is_limit_outcome(results.stock) then
-		divergences[#divergences + 1] = name;
-		if verbose then print("documented divergence (Brisk parser limit): " .. name); end
-	else
-		assert.same(H.comparable(results.stock), H.comparable(results.brisk));
-	end
+	assert.same(H.comparable(results.stock), H.comparable(results.brisk));
 	return results.stock, results.brisk;
 end
 
@@ -221,12 +204,12 @@ describe("hostile clients (Brisk modules: " .. H.describe_modules(mods) .. ")", 
 		end
 
 		it("100k nested elements", function ()
-			local _, b = duel("100k nested", nested("deep", 100000), "limit");
+			local _, b = duel("100k nested", nested("deep", 100000));
 			assert.is_true(b.closed);
 		end);
 
 		it("20k nested elements inside the size limit", function ()
-			duel("20k nested", nested("deep20k", 20000), "limit");
+			duel("20k nested", nested("deep20k", 20000));
 		end);
 
 		it("200 nested elements are delivered", function ()
@@ -245,7 +228,7 @@ describe("hostile clients (Brisk modules: " .. H.describe_modules(mods) .. ")", 
 					if not yield(table.concat(parts)) then return; end
 				end
 				yield("/>");
-			end, { victim_id = "attrs" }), "limit");
+			end, { victim_id = "attrs" }));
 			assert.is_true(b.closed);
 		end);
 
@@ -259,11 +242,11 @@ describe("hostile clients (Brisk modules: " .. H.describe_modules(mods) .. ")", 
 		end
 
 		it("20k attributes (over the size limit)", function ()
-			duel("20k attributes", attributes("attrs20k", 20000), "limit");
+			duel("20k attributes", attributes("attrs20k", 20000));
 		end);
 
 		it("5000 attributes inside the size limit", function ()
-			duel("5000 attributes", attributes("attrs5k", 5000), "limit");
+			duel("5000 attributes", attributes("attrs5k", 5000));
 		end);
 
 		it("1000 attributes are delivered", function ()
@@ -495,10 +478,6 @@ describe("hostile clients (Brisk modules: " .. H.describe_modules(mods) .. ")", 
 		print(("\nreliability_hostile: RSS growth over all attacks: stock %d kB, Brisk %d kB"):format(grew[1], grew[2]));
 		if os.getenv("BRISK_ASAN") ~= "1" then -- ASan's quarantine makes RSS meaningless
 			assert.is_true(grew[2] <= grew[1] + 8192, "the Brisk server kept more memory than stock after the attacks");
-		end
-		if #divergences > 0 then
-			print("\nreliability_hostile: Brisk parser limits (documented divergence from stock) hit by: "
-				.. table.concat(divergences, ", "));
 		end
 	end);
 end);
