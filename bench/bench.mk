@@ -1,0 +1,34 @@
+# Benchmarks: stock Prosody vs Brisk, micro (bench/<area>.lua, written by each
+# module's owner) and end to end (bench/e2e.lua driving a real Prosody with
+# the C load generator).  bench/run.sh collects everything into
+# bench/results/<date>.md and <date>.png (and latest.md/png).
+#
+#   make bench          full run (< 20 minutes)
+#   make bench-quick    short run (< 3 minutes)
+#   make bench-e2e      the end-to-end part alone, full size
+#   make bench-loadgen  just build the load generator
+
+LOADGEN     := build/bench/loadgen
+LOADGEN_SRC := $(wildcard bench/loadgen/*.c)
+
+.PHONY: bench-loadgen bench-e2e bench-e2e-quick
+
+bench-loadgen: $(LOADGEN)
+
+# The load generator is a plain program, not a Lua module; it gets its own
+# flags (GNU extensions for SOCK_NONBLOCK and friends, libexpat for parsing).
+$(LOADGEN): $(LOADGEN_SRC) bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -D_GNU_SOURCE -o $@ $(LOADGEN_SRC) -lexpat
+
+bench: deps all $(LOADGEN)
+	@bench/run.sh
+
+bench-quick: deps all $(LOADGEN)
+	@bench/run.sh --quick
+
+bench-e2e: deps all $(LOADGEN)
+	@eval "$$($(MAKE) -s env)"; $(LUA) bench/e2e.lua
+
+bench-e2e-quick: deps all $(LOADGEN)
+	@eval "$$($(MAKE) -s env)"; $(LUA) bench/e2e.lua --quick
