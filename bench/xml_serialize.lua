@@ -36,17 +36,10 @@ local function parse_stream(data)
 end
 
 local function corpus()
-	local dir = "spec/fixtures/xml/"
 	local list = {}
-	local p = io.popen("ls " .. dir .. " 2>/dev/null")
-	for name in p:lines() do
-		if name:match("%.xml$") then
-			local f = assert(io.open(dir .. name, "rb"))
-			for _, s in ipairs(parse_stream(f:read("a"))) do list[#list + 1] = s end
-			f:close()
-		end
+	for _, fx in ipairs(require "spec.fixtures.xml.harness".corpus()) do
+		for _, s in ipairs(parse_stream(fx.data)) do list[#list + 1] = s end
 	end
-	p:close()
 	return list
 end
 

@@ -61,21 +61,8 @@ local function parse_stream(data, default_ns)
 	return out
 end
 
-local function fixtures()
-	local dir = "spec/fixtures/xml/"
-	local list = {}
-	local p = io.popen("ls " .. dir .. " 2>/dev/null")
-	for name in p:lines() do
-		if name:match("%.xml$") then
-			local f = assert(io.open(dir .. name, "rb"))
-			list[#list + 1] = { name = name, data = f:read("a") }
-			f:close()
-		end
-	end
-	p:close()
-	table.sort(list, function (a, b) return a.name < b.name end)
-	return list
-end
+-- The parser corpus, read by the differential harness.
+local fixtures = require "spec.fixtures.xml.harness".corpus
 
 -- Random building blocks: names and text needing escaping, multibyte
 -- UTF-8, namespaces that nest, repeat or change.
