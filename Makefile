@@ -13,7 +13,7 @@ CC      ?= cc
 OPT     ?= -O2
 SAN     ?=
 BUILD   ?= build
-CFLAGS  := -std=c11 -Wall -Wextra -Werror $(OPT) -fPIC -D_POSIX_C_SOURCE=200809L \
+CFLAGS  := -std=c11 -Wall -Wextra -Werror $(OPT) -fPIC -fvisibility=hidden -D_POSIX_C_SOURCE=200809L \
            -Iinclude $(LUA_CFLAGS) $(SAN) $(EXTRA_CFLAGS)
 LDFLAGS := -shared $(SAN)
 

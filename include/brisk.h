@@ -17,6 +17,12 @@
 
 #define BRISK_VERSION "0.1.0"
 
+/*
+** Shared objects are built with -fvisibility=hidden, so the functions the
+** parts of one module share stay internal; only its opener is exported.
+*/
+#define BRISK_EXPORT __attribute__((visibility("default")))
+
 /* Mark a parameter as deliberately unused. */
 #define BRISK_UNUSED(x) ((void)(x))
 

@@ -4,7 +4,7 @@
 */
 #include "presence.h"
 
-int luaopen_brisk_presence(lua_State *L) {
+BRISK_EXPORT int luaopen_brisk_presence(lua_State *L) {
   int mod;
   lua_newtable(L);
   mod = lua_gettop(L);

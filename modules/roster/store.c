@@ -1524,7 +1524,7 @@ static void push_stanza_mt(lua_State *L) {
   }
 }
 
-int luaopen_brisk_roster(lua_State *L) {
+BRISK_EXPORT int luaopen_brisk_roster(lua_State *L) {
   if (sodium_init() < 0) return luaL_error(L, "brisk.roster: libsodium failed to initialise");
   luaL_newmetatable(L, BUF_MT);
   lua_pushcfunction(L, buf_gc);

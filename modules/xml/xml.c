@@ -137,7 +137,7 @@ static const luaL_Reg xml_funcs[] = {
   {NULL, NULL}
 };
 
-int luaopen_brisk_xml(lua_State *L) {
+BRISK_EXPORT int luaopen_brisk_xml(lua_State *L) {
   luaL_newlib(L, xml_funcs);
   brisk_set_version(L);
   brisk_xml_open_parser(L, lua_gettop(L));
