@@ -51,6 +51,21 @@ local function same(a, b, path)
 end
 
 
+-- Every user's every store in internal storage under dir/<back> must equal
+-- the source data the stock driver wrote under dir.
+local function same_as_source(dm, users, back)
+	for _, u in ipairs(users) do
+		for _, store in ipairs(stores) do
+			dm.set_data_path(dir);
+			local want = assert(dm.load(u, "mig.test", store));
+			dm.set_data_path(dir.."/"..back);
+			local got = dm.load(u, "mig.test", store);
+			local ok, why = same(want, got, u.."/"..store);
+			assert(ok, why);
+		end
+	end
+end
+
 local function migrate(config_text)
 	local cfg = dir.."/migrator.cfg.lua";
 	write(cfg, config_text);
@@ -117,16 +132,7 @@ input { type = "brisk"; path = %q; %s }
 output { type = "internal"; path = %q }
 ]]):format(dir.."/m1.sqlite", hosts_line("mig.test"), dir.."/back"));
 		local dm = require "core.storagemanager".olddm;
-		for _, u in ipairs(users) do
-			for _, store in ipairs(stores) do
-				dm.set_data_path(dir);
-				local want = assert(dm.load(u, "mig.test", store));
-				dm.set_data_path(dir.."/back");
-				local got = dm.load(u, "mig.test", store);
-				local ok, why = same(want, got, u.."/"..store);
-				assert(ok, why);
-			end
-		end
+		same_as_source(dm, users, "back");
 		assert.same({ ["host:data"] = { 1, 2, 3 } }, dm.load(nil, "mig.test", "private"));
 		dm.set_data_path(dir);
 	end);
@@ -179,16 +185,7 @@ input { type = "brisk"; path = %q; key_file = %q; %s }
 output { type = "internal"; path = %q }
 ]]):format(dir.."/enc.sqlite", dir.."/mig.key", hosts_line("mig.test"), dir.."/back2"));
 		local dm = require "core.storagemanager".olddm;
-		for _, u in ipairs(users) do
-			for _, store in ipairs(stores) do
-				dm.set_data_path(dir);
-				local want = assert(dm.load(u, "mig.test", store));
-				dm.set_data_path(dir.."/back2");
-				local got = dm.load(u, "mig.test", store);
-				local ok, why = same(want, got, u.."/"..store);
-				assert(ok, why);
-			end
-		end
+		same_as_source(dm, users, "back2");
 		dm.set_data_path(dir);
 	end);
 
