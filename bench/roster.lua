@@ -119,6 +119,32 @@ for _, n in ipairs(sizes) do
 	end
 end
 
+-- Where a load's time goes at 1,000 contacts: the reason the 5x-internal
+-- target is met or not, measured rather than asserted. internal's load is
+-- datamanager compiling the file's Lua source and running it; running the
+-- compiled chunk alone builds exactly the tables a load returns, from
+-- constants whose strings Lua already interned while compiling, so it is a
+-- floor for building those tables by any means. Brisk's per-row cost is
+-- timed on a store of the same 1,000 keys holding only `true`.
+local floor = {};
+do
+	local n = 1000;
+	local roster = make_roster(n);
+	local src = "return "..require "util.serialization".serialize(roster);
+	floor.compile = 1 / rate(function () assert(load(src, "=roster", "t", {})); end, os.clock);
+	local chunk = assert(load(src, "=roster", "t", {}));
+	floor.exec = 1 / rate(function () assert(chunk()); end, os.clock);
+	-- The same 1,000 rows with nothing in them but `true`: what SQLite, the
+	-- per-row checksums and the row keys cost without building any item.
+	local plain = { };
+	for jid in pairs(roster) do if jid then plain[jid] = true; end end
+	local kv = assert(sm.open("brisk"..n..".test", "bench_plain", "keyval"));
+	assert(kv:set("user", plain));
+	floor.rows = 1 / rate(function () assert(kv:get("user")); end, os.clock);
+	floor.internal = 1 / results.load[n].internal;
+	floor.brisk = 1 / results.load[n].brisk;
+end
+
 local function fmt(v)
 	if v >= 100 then return ("%.0f"):format(v); end
 	if v >= 10 then return ("%.1f"):format(v); end
@@ -173,6 +199,15 @@ p("Targets (issue 5):");
 p(("- load at 1,000 contacts at least 5x both stock drivers: %.1fx internal, %.1fx sql — %s")
 	:format(load1k.brisk / load1k.internal, load1k.brisk / load1k.sql,
 		(load1k.brisk >= 5 * load1k.internal and load1k.brisk >= 5 * load1k.sql) and "met" or "NOT met"));
+p(("  Why, per load at 1,000 contacts: internal takes %.0f µs, so 5x means at most %.0f µs. Of internal's time %.0f µs is"
+	.." compiling the file and %.0f µs running it; running it alone builds the very tables a load returns, with every"
+	.." string already interned, so no driver can build them for less. Brisk takes %.0f µs: %.0f µs of it is SQLite reading"
+	.." 1,001 rows, verifying one BLAKE2b checksum per row and creating the 1,000 key strings (measured on the same keys"
+	.." holding only `true`); one row per contact is what keeps a single-contact update at a constant cost. The other %.0f µs"
+	.." decode the items into tables. Rows plus the tables' floor take %.0f µs, %s than 5x allows.")
+	:format(floor.internal * 1e6, floor.internal * 1e6 / 5, floor.compile * 1e6, floor.exec * 1e6, floor.brisk * 1e6,
+		floor.rows * 1e6, math.max(0, floor.brisk - floor.rows) * 1e6, (floor.rows + floor.exec) * 1e6,
+		floor.rows + floor.exec > floor.internal / 5 and "more" or "less"));
 p(("- bytes per contact at most 1/3 of sql's (at %d contacts): %.0f vs %.0f bytes (%.2f of sql) — %s")
 	:format(big, bytes_at.brisk, bytes_at.sql, bytes_at.brisk / bytes_at.sql, bytes_at.brisk * 3 <= bytes_at.sql and "met" or "NOT met"));
 p(("- single-contact update within 2x between 10 and %d contacts: %.2fx with synchronous=normal (the work itself) — %s;")
