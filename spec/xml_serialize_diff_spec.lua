@@ -297,6 +297,28 @@ describe("brisk.xml serializer (differential)", function ()
 		local p = setmetatable({ name = "p", attr = { xmlns = ns } }, st.stanza_mt)
 		p[1] = setmetatable({ name = "c", attr = { xmlns = ns } }, st.stanza_mt)
 		check(p, "table xmlns elided")
+		-- Equal namespaces in distinct string objects (long strings are not
+		-- interned): compared by content, as stock's == does.
+		local long = ("urn:example:a-namespace-longer-than-forty-bytes:"):rep(2)
+		local a1, a2 = long .. "x", long .. "x"
+		s = st.stanza("a", { xmlns = a1 }):tag("b", { xmlns = a2 }):tag("c", { xmlns = long .. "y" })
+			:tag("d", { xmlns = long .. "y" }):up():up():up()
+		check(s, "long equal namespaces")
+		-- A string and a number are never equal, whichever is the parent's.
+		s = st.stanza("a", { xmlns = "1" }); s[1] = setmetatable({ name = "b", attr = { xmlns = 1 } }, st.stanza_mt)
+		s[2] = setmetatable({ name = "c", attr = { xmlns = "1" } }, st.stanza_mt)
+		s[1][1] = setmetatable({ name = "d", attr = { xmlns = "1" } }, st.stanza_mt)
+		s[2][1] = setmetatable({ name = "e", attr = { xmlns = 1 } }, st.stanza_mt)
+		check(s, "string and number xmlns")
+		-- A namespace only on the grandparent: the child compares with nil.
+		s = st.stanza("a", { xmlns = "u" }):tag("b"):tag("c", { xmlns = "u" }):up():up()
+		check(s, "xmlns skips a level")
+		-- #t from __len as a string or a float: stock's "len == 0" and for loop.
+		for _, v in ipairs({ "0", "1", "2", " 2 ", "0x1", 0.0, 1.0, -1, "-1" }) do
+			local e = setmetatable({ name = "x", attr = {}, "a", "b" }, { __len = function () return v end })
+			s = st.stanza("a"); s[1] = e
+			check(s, "__len returning " .. type(v) .. " " .. tostring(v))
+		end
 	end)
 
 	it("matches stock at every length around the copy and scan boundaries", function ()

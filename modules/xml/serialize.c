@@ -46,15 +46,23 @@
 #define OUT_MT "brisk.xml.out"
 
 /*
-** One open element of the walk: the last child visited, the count, and its
-** name for the closing tag (the string is anchored in the element's stack
-** slot while the level is open).
+** One open element of the walk: the last child visited, the count, its
+** name for the closing tag, and its raw attr.xmlns for the children's
+** comparison: NS_STRING with the bytes in ns/nsl, or NS_OTHER (a number,
+** say) compared with lua_rawequal. Both strings are anchored in the
+** element's stack slots while the level is open, so the pointers stay
+** valid even if a metamethod edits the element meanwhile.
 */
 typedef struct Level {
   lua_Integer n, len;
-  const char *name;
-  size_t nl;
+  const char *name, *ns;
+  size_t nl, nsl;
+  int nst;
 } Level;
+
+#define NS_NONE   0 /* attr.xmlns is nil */
+#define NS_STRING 1
+#define NS_OTHER  2
 
 /*
 ** The output buffer and the walk's integer stack, both allocated with the
@@ -409,18 +417,34 @@ write_ns_attr(lua_State *L, Out *o, const char *k, size_t kl, int vi,
 }
 
 /*
+** Does the string value v (vl bytes) equal the parent's attr.xmlns under
+** stock's "v == parentns"? Two strings are equal when their bytes are:
+** interned short strings are usually the same pointer, so that is tried
+** first. A string never equals a non-string.
+*/
+static inline int same_ns(const Level *parent, const char *v, size_t vl) {
+  return parent != NULL && parent->nst == NS_STRING &&
+         (parent->ns == v ||
+          (parent->nsl == vl && memcmp(parent->ns, v, vl) == 0));
+}
+
+/*
 ** Write " key='value'" for every attribute of the table at index attr (on
 ** top of the stack, no metatable), in lua_next order, which is the order of
-** stock's pairs. parentns is the index of the parent's attr.xmlns, 0 at the
-** top (stock's nil there): an xmlns equal to it is left out, as stock does.
-** A namespaced attribute ("ns\1name") gets its own xmlns:nsN declaration,
-** numbered from 1 in each element. The raw attr.xmlns is copied to nsslot
-** for the children. Returns 0 when stock must handle the stanza.
+** stock's pairs. parent is the enclosing element's level (NULL at the top,
+** stock's parentns nil there), its raw attr.xmlns in stack slot parentns:
+** an xmlns equal to it is left out, as stock does. A namespaced attribute
+** ("ns\1name") gets its own xmlns:nsN declaration, numbered from 1 in
+** each element. The raw attr.xmlns is anchored in slot nsslot and noted in
+** self for the children. Returns 0 when stock must handle the stanza.
+** Inlined into the walk, where it runs for every element.
 */
-static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
-                       int nsslot) {
+static inline __attribute__((always_inline)) int
+attrs_inline(lua_State *L, Out *o, int attr, const Level *parent,
+             int parentns, Level *self, int nsslot) {
   const int ki = attr + 1, vi = attr + 2;
   lua_Integer nsid = 0;
+  self->nst = NS_NONE;
   lua_pushnil(L);
   while (lua_next(L, attr)) {
     const char *k, *v;
@@ -429,32 +453,46 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
     int kt = lua_type(L, ki);
     if (kt == LUA_TSTRING) {
       k = lua_tolstring(L, ki, &kl);
+      if (kl == 5 && memcmp(k, "xmlns", 5) == 0) {
+        /* The raw value, before any conversion, is what the children
+           compare with; the slot keeps it alive while they do. */
+        lua_copy(L, vi, nsslot);
+        if (lua_type(L, vi) == LUA_TSTRING) {
+          v = lua_tolstring(L, vi, &vl);
+          self->nst = NS_STRING;
+          self->ns = v;
+          self->nsl = vl;
+          if (same_ns(parent, v, vl)) {
+            lua_settop(L, ki);
+            continue;
+          }
+          goto write;
+        }
+        /* rawequal is stock's == here: __eq never applies to a number,
+           and any value but a string or number goes to stock below. */
+        self->nst = NS_OTHER;
+        if (parent != NULL && parent->nst == NS_OTHER &&
+            lua_rawequal(L, vi, parentns)) {
+          lua_settop(L, ki);
+          continue;
+        }
+      } else if (has_sep(k, kl)) {
+        if (!write_ns_attr(L, o, k, kl, vi, ++nsid)) return 0;
+        lua_settop(L, ki);
+        continue;
+      }
     } else if (kt == LUA_TNUMBER) {
-      /* Convert a copy: converting the key itself would break lua_next. */
+      /* Convert a copy: converting the key itself would break lua_next.
+         A number never holds the separator nor spells "xmlns". */
       lua_pushvalue(L, ki);
       k = lua_tolstring(L, -1, &kl);
     } else {
       return 0;
     }
-    if (kl == 5 && memcmp(k, "xmlns", 5) == 0) {
-      if (kt == LUA_TSTRING) {
-        /* Before any conversion: the children compare the raw value. */
-        lua_copy(L, vi, nsslot);
-        /* rawequal is stock's == here: __eq never applies to a string or
-           number, and any other value goes to stock below. */
-        if (parentns != 0 && lua_rawequal(L, vi, parentns)) {
-          lua_settop(L, ki);
-          continue;
-        }
-      }
-    } else if (has_sep(k, kl)) {
-      if (!write_ns_attr(L, o, k, kl, vi, ++nsid)) return 0;
-      lua_settop(L, ki);
-      continue;
-    }
     /* lua_tolstring converts a number value in place, in our slot, the way
        gsub would; anything but a string or number is stock's error. */
     if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+  write:
     /* One reservation covers " k='v'" unless v needs escaping. */
     w = out_reserve(L, o, kl + vl + 5);
     *w++ = ' ';
@@ -475,51 +513,17 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
   return 1;
 }
 
+/* The same as a plain function, for top_tag. */
+static int write_attrs(lua_State *L, Out *o, int attr, int nsslot) {
+  Level self;
+  return attrs_inline(L, o, attr, NULL, 0, &self, nsslot);
+}
+
 /*
 ** Stack slots of one open element: the element, its name (as a string),
 ** its raw attr.xmlns (the children's parentns), attr, and #element.
 */
 #define SLOTS 5
-
-/*
-** Open the element at index t, whose name (read once: stock's child.name
-** and t.name read the same field) is at t + 1, the top. Writes "<name
-** attrs" and then either "/>" (returns 1; the slots are popped) or ">"
-** (returns 2, the SLOTS slots stay, *lv is filled in). Returns 0 when stock
-** must handle the stanza.
-*/
-static int enter(lua_State *L, Out *o, int t, int parentns, int keys,
-                 Level *lv) {
-  const char *name;
-  size_t nl;
-  int isnum;
-  /* In our own slot, so a number name may be converted as ".." would. */
-  if ((name = lua_tolstring(L, t + 1, &nl)) == NULL) return 0;
-  lua_pushnil(L); /* t + 2: attr.xmlns, nil unless write_attrs sees one */
-  /* attr must be a plain table: pairs would honour __pairs, and
-     t.attr.xmlns __index, in ways a raw walk cannot follow. */
-  if (get_field(L, t, keys + 1) != LUA_TTABLE || lua_getmetatable(L, t + 3))
-    return 0;
-  {
-    char *w = out_reserve(L, o, nl + 1);
-    *w++ = '<';
-    o->n = (size_t)(put(w, name, nl) - o->p);
-  }
-  if (!write_attrs(L, o, t + 3, parentns, t + 2)) return 0;
-  lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
-  lv->len = lua_tointegerx(L, t + 4, &isnum);
-  if (!isnum) return 0;
-  lv->n = 0;
-  lv->name = name;
-  lv->nl = nl;
-  if (lv->len == 0) {
-    out_lit(L, o, "/>");
-    lua_settop(L, t - 1);
-    return 1;
-  }
-  out_char(L, o, '>');
-  return 2;
-}
 
 /* Stack slots the walk reserves at a time. */
 #define STACK_CHUNK 160
@@ -529,11 +533,13 @@ static int enter(lua_State *L, Out *o, int t, int parentns, int keys,
 ** stock must handle it; either way the stack is back to its entry height.
 ** Open elements live on the Lua stack, SLOTS each from base + 1, their
 ** counters in o->lv: an explicit stack, so depth is bounded by Lua's stack
-** limit (a Lua error), never by the C stack.
+** limit (a Lua error), never by the C stack. One flat loop, everything
+** inlined: per element, the calls and register saves of helper functions
+** cost as much as the bookkeeping they do.
 */
 static int walk(lua_State *L, Out *o, int root) {
   const int top = lua_gettop(L), keys = top + 1, base = top + 2;
-  int limit = top + STACK_CHUNK, r;
+  int limit = top + STACK_CHUNK, t = base + 1;
   size_t depth = 0;
   if (lua_type(L, root) != LUA_TTABLE) return 0;
   if (!lua_checkstack(L, STACK_CHUNK))
@@ -544,51 +550,92 @@ static int walk(lua_State *L, Out *o, int root) {
   lua_pushvalue(L, lua_upvalueindex(UV_KATTR));
   lua_pushvalue(L, root);
   get_field(L, base + 1, keys);
-  if ((r = enter(L, o, base + 1, 0, keys, level_at(L, o, 0))) == 0)
-    goto fallback;
-  if (r == 1) goto done;
-  depth = 1;
-  while (depth > 0) {
-    Level *lv = &o->lv[depth - 1];
-    const int t = base + SLOTS * (int)(depth - 1) + 1;
-    if (lv->n >= lv->len) {
-      char *w = out_reserve(L, o, lv->nl + 3);
-      *w++ = '<';
-      *w++ = '/';
-      w = put(w, lv->name, lv->nl);
-      *w++ = '>';
-      o->n = (size_t)(w - o->p);
+  for (;;) {
+    /*
+    ** Open the element at t, whose name (read once: stock's child.name and
+    ** t.name read the same field) is at t + 1, the top. Its slots: t + 2
+    ** its raw attr.xmlns, t + 3 attr, t + 4 #t.
+    */
+    Level *lv = level_at(L, o, depth);
+    const Level *parent = depth > 0 ? lv - 1 : NULL;
+    const char *name;
+    size_t nl;
+    lua_Integer len;
+    int isnum;
+    char *w;
+    /* In our own slot, so a number name may be converted as ".." would. */
+    if ((name = lua_tolstring(L, t + 1, &nl)) == NULL) goto fallback;
+    lua_pushnil(L); /* t + 2: attr.xmlns, nil unless the attributes have it */
+    /* attr must be a plain table: pairs would honour __pairs, and
+       t.attr.xmlns __index, in ways a raw walk cannot follow. */
+    if (get_field(L, t, keys + 1) != LUA_TTABLE || lua_getmetatable(L, t + 3))
+      goto fallback;
+    w = out_reserve(L, o, nl + 1);
+    *w++ = '<';
+    o->n = (size_t)(put(w, name, nl) - o->p);
+    if (!attrs_inline(L, o, t + 3, parent, t - SLOTS + 2, lv, t + 2))
+      goto fallback;
+    lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
+    len = lua_tointegerx(L, t + 4, &isnum);
+    /* Stock tests "len == 0", which a string from __len never passes
+       (its for loop would still take "3" as 3). */
+    if (!isnum || (len == 0 && lua_type(L, t + 4) != LUA_TNUMBER))
+      goto fallback;
+    if (len == 0) {
+      w = out_reserve(L, o, 2);
+      w[0] = '/';
+      w[1] = '>';
+      o->n += 2;
       lua_settop(L, t - 1);
-      depth--;
-      continue;
+    } else {
+      out_char(L, o, '>');
+      lv->n = 0;
+      lv->len = len;
+      lv->name = name;
+      lv->nl = nl;
+      depth++;
     }
-    if (t + 2 * SLOTS + 8 > limit) {
-      /* A child needs SLOTS slots after ours, write_attrs three more. */
-      if (!lua_checkstack(L, STACK_CHUNK))
-        luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
-      limit = lua_gettop(L) + STACK_CHUNK;
-    }
-    lv->n++;
-    switch (get_index(L, t, lv->n)) {
-      case LUA_TSTRING: {
+    /* The next child of the innermost open element, closing the ones
+       that are done. */
+    for (;;) {
+      int type;
+      if (depth == 0) goto done;
+      lv = &o->lv[depth - 1];
+      t = base + SLOTS * (int)(depth - 1) + 1;
+      if (lv->n >= lv->len) {
+        w = out_reserve(L, o, lv->nl + 3);
+        *w++ = '<';
+        *w++ = '/';
+        w = put(w, lv->name, lv->nl);
+        *w++ = '>';
+        o->n = (size_t)(w - o->p);
+        lua_settop(L, t - 1);
+        depth--;
+        continue;
+      }
+      if (t + 2 * SLOTS + 8 > limit) {
+        /* A child needs SLOTS slots after ours, its attributes three
+           more. */
+        if (!lua_checkstack(L, STACK_CHUNK))
+          luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+        limit = lua_gettop(L) + STACK_CHUNK;
+      }
+      type = get_index(L, t, ++lv->n);
+      if (type == LUA_TSTRING) {
         size_t sl;
         const char *s = lua_tolstring(L, -1, &sl);
         out_escaped(L, o, s, sl);
         lua_settop(L, t + SLOTS - 1);
-        break;
+        continue;
       }
-      case LUA_TTABLE:
-        /* child.name decides element or text; stock takes a table with a
-           false name as text (an error) and errs on a name that is not a
-           string or number: both for stock to report. */
-        get_field(L, t + SLOTS, keys);
-        if ((r = enter(L, o, t + SLOTS, t + 2, keys,
-                       level_at(L, o, depth))) == 0)
-          goto fallback;
-        if (r == 2) depth++;
-        break;
-      default:
-        goto fallback;
+      /* child.name decides element or text; stock takes a table with a
+         false name as text (an error) and errs on a name that is not a
+         string or number: both for stock to report, as is any child
+         that is neither a string nor a table. */
+      if (type != LUA_TTABLE) goto fallback;
+      t += SLOTS;
+      get_field(L, t, keys);
+      break;
     }
   }
 done:
@@ -710,7 +757,7 @@ static int l_top_tag(lua_State *L) {
     const char *name = lua_tolstring(L, 4, &nl);
     out_add(L, o, name, nl);
   }
-  if (!write_attrs(L, o, 8, 0, 6)) {
+  if (!write_attrs(L, o, 8, 6)) {
     out_release(L, o, 7, fresh);
     return call_stock(L, 1, "top_tag", 1, l_top_tag);
   }
