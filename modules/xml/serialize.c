@@ -302,6 +302,18 @@ next_special(const char *s, size_t i, size_t len) {
     bits = special_mask(_mm_loadl_epi64((const __m128i *)(const void *)(s + i))) & 0xffu;
     return bits ? i + (size_t)__builtin_ctz(bits) : len;
   }
+  if (len - i >= 4) {
+    /* 4 to 7 bytes: the first four and the last four, overlapping, in one
+       register; a special byte in the second half that the first half
+       covers was already found there. */
+    uint32_t a, b;
+    unsigned bits;
+    memcpy(&a, s + i, 4);
+    memcpy(&b, s + len - 4, 4);
+    bits = special_mask(_mm_set_epi32(0, 0, (int)b, (int)a)) & 0xffu;
+    if (bits & 0xfu) return i + (size_t)__builtin_ctz(bits);
+    return bits ? len - 8 + (size_t)__builtin_ctz(bits) : len;
+  }
 #endif
   for (; i < len; i++)
     if (esc_class[(unsigned char)s[i]]) return i;
@@ -696,7 +708,8 @@ static int call_stock(lua_State *L, int nargs, const char *field, int in_mt,
 static int l_tostring(lua_State *L) {
   Out *o;
   int fresh;
-  lua_settop(L, 1);
+  /* tostring() passes exactly one argument: no lua_settop to pay then. */
+  if (lua_gettop(L) != 1) lua_settop(L, 1);
   o = out_acquire(L, &fresh); /* 2 */
   if (!walk(L, o, 1)) {
     out_release(L, o, 2, fresh);
