@@ -355,6 +355,17 @@ describe("brisk.xml serializer (differential)", function ()
 			end
 		end
 		assert.is_true(count > 100)
+		-- Every byte value, in the byte-loop, 4-7, 8-15 and 16-byte scans:
+		-- only the five special ones are escaped.
+		for b = 0, 255 do
+			local c = string.char(b)
+			for _, pad in ipairs({ { 0, 0 }, { 2, 2 }, { 5, 4 }, { 9, 11 }, { 20, 3 } }) do
+				local v = ("a"):rep(pad[1]) .. c .. ("b"):rep(pad[2])
+				-- Set directly: the builders refuse control bytes and bad UTF-8.
+				local s = st.stanza("e"); s.attr.v = v; s[1] = v
+				check(s, ("byte %d padded %d+%d"):format(b, pad[1], pad[2]))
+			end
+		end
 	end)
 
 	it("matches stock when stanza_mt, attr or children answer through metamethods", function ()

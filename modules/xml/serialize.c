@@ -262,14 +262,20 @@ static const char esc_text[6][7] = {
 static const unsigned char esc_len[6] = { 0, 6, 6, 4, 4, 5 };
 
 #if defined(__SSE2__)
-/* Bit i set when byte i of x is one of the five. */
+/*
+** Bit i set when byte i of x is one of the five. Three compares, not
+** five: '&' (0x26) and '\'' (0x27) are the bytes that become 0x27 when
+** bit 0 is set, '<' (0x3c) and '>' (0x3e) those that become 0x3e when
+** bit 1 is set.
+*/
 static inline unsigned special_mask(__m128i x) {
   __m128i m = _mm_or_si128(
-      _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\'')),
-                   _mm_cmpeq_epi8(x, _mm_set1_epi8('"'))),
-      _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('<')),
-                                _mm_cmpeq_epi8(x, _mm_set1_epi8('>'))),
-                   _mm_cmpeq_epi8(x, _mm_set1_epi8('&'))));
+      _mm_or_si128(
+          _mm_cmpeq_epi8(_mm_or_si128(x, _mm_set1_epi8(0x01)),
+                         _mm_set1_epi8('\'')),
+          _mm_cmpeq_epi8(_mm_or_si128(x, _mm_set1_epi8(0x02)),
+                         _mm_set1_epi8('>'))),
+      _mm_cmpeq_epi8(x, _mm_set1_epi8('"')));
   return (unsigned)_mm_movemask_epi8(m);
 }
 #endif
@@ -553,6 +559,7 @@ static int walk(lua_State *L, Out *o, int root) {
   const int top = lua_gettop(L), keys = top + 1, base = top + 2;
   int limit = top + STACK_CHUNK, t = base + 1;
   size_t depth = 0;
+  Level *lv; /* the innermost open element's, in o->lv[depth - 1] */
   if (lua_type(L, root) != LUA_TTABLE) return 0;
   if (!lua_checkstack(L, STACK_CHUNK))
     luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
@@ -568,8 +575,8 @@ static int walk(lua_State *L, Out *o, int root) {
     ** t.name read the same field) is at t + 1, the top. Its slots: t + 2
     ** its raw attr.xmlns, t + 3 attr, t + 4 #t.
     */
-    Level *lv = level_at(L, o, depth);
-    const Level *parent = depth > 0 ? lv - 1 : NULL;
+    Level *self = level_at(L, o, depth); /* may move o->lv */
+    Level *parent = depth > 0 ? self - 1 : NULL;
     const char *name;
     size_t nl;
     lua_Integer len;
@@ -585,7 +592,7 @@ static int walk(lua_State *L, Out *o, int root) {
     w = out_reserve(L, o, nl + 1);
     *w++ = '<';
     o->n = (size_t)(put(w, name, nl) - o->p);
-    if (!attrs_inline(L, o, t + 3, parent, t - SLOTS + 2, lv, t + 2))
+    if (!attrs_inline(L, o, t + 3, parent, t - SLOTS + 2, self, t + 2))
       goto fallback;
     lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
     len = lua_tointegerx(L, t + 4, &isnum);
@@ -599,21 +606,22 @@ static int walk(lua_State *L, Out *o, int root) {
       w[1] = '>';
       o->n += 2;
       lua_settop(L, t - 1);
+      t -= SLOTS;
+      lv = parent;
     } else {
       out_char(L, o, '>');
-      lv->n = 0;
-      lv->len = len;
-      lv->name = name;
-      lv->nl = nl;
+      self->n = 0;
+      self->len = len;
+      self->name = name;
+      self->nl = nl;
       depth++;
+      lv = self;
     }
-    /* The next child of the innermost open element, closing the ones
-       that are done. */
+    /* The next child of the innermost open element (lv, at t; NULL when
+       the root is done), closing the ones that are done. */
     for (;;) {
       int type;
-      if (depth == 0) goto done;
-      lv = &o->lv[depth - 1];
-      t = base + SLOTS * (int)(depth - 1) + 1;
+      if (lv == NULL) goto done;
       if (lv->n >= lv->len) {
         w = out_reserve(L, o, lv->nl + 3);
         *w++ = '<';
@@ -622,7 +630,8 @@ static int walk(lua_State *L, Out *o, int root) {
         *w++ = '>';
         o->n = (size_t)(w - o->p);
         lua_settop(L, t - 1);
-        depth--;
+        t -= SLOTS;
+        lv = --depth > 0 ? lv - 1 : NULL;
         continue;
       }
       if (t + 2 * SLOTS + 8 > limit) {
