@@ -253,6 +253,63 @@ describe("brisk.xml serializer (differential)", function ()
 		end
 	end)
 
+	it("top_tag matches stock when its order cache is hit, missed and evicted", function ()
+		-- Attribute tables whose own pairs order differs from their copy's
+		-- (keys deleted from a larger table, re-added, inserted in other
+		-- orders), each top_tag'd several times: the first call learns the
+		-- copy's order, later ones take it from the cache.
+		local r = rng(7)
+		local differ = 0
+		for round = 1, 300 do
+			local attr = {}
+			local n = r(24)
+			for i = 1, n do attr["k" .. r(40)] = "v" .. i end
+			for _ = 1, r(n) do attr["k" .. r(40)] = nil end
+			if r(3) == 1 then attr["k" .. r(40)] = "again" end
+			if r(5) == 1 then attr["urn:x\1k" .. r(9)] = "ns" end
+			if r(7) == 1 then attr.xmlns = "urn:top" end
+			if r(11) == 1 then attr[r(3)] = "numkey" end
+			local s = st.stanza("t"); s.attr = attr
+			local copy = {}
+			for k, v in pairs(attr) do copy[k] = v end
+			local a, b = {}, {}
+			for k in pairs(attr) do a[#a + 1] = tostring(k) end
+			for k in pairs(copy) do b[#b + 1] = tostring(k) end
+			if table.concat(a, ",") ~= table.concat(b, ",") then differ = differ + 1 end
+			for i = 1, 3 do
+				check(s, ("cache round %d call %d"):format(round, i))
+				-- Same keys, other values: still this stanza's values.
+				for k in pairs(attr) do attr[k] = "w" .. i .. round end
+			end
+		end
+		assert.is_true(differ > 0, "no table iterated differently from its copy")
+		-- Fresh key strings, dropped and collected, then other fresh keys
+		-- (maybe at the same addresses): the cache keeps its keys alive, so
+		-- no stale entry can match.
+		for round = 1, 40 do
+			local s = st.stanza("g")
+			for i = 1, 1 + round % 9 do s.attr[("fresh%d_%d"):format(round, i)] = tostring(i) end
+			check(s, "fresh keys " .. round)
+			s = nil
+			collectgarbage()
+			collectgarbage()
+		end
+		-- More distinct sequences than the cache has ways, cycled twice.
+		for pass = 1, 2 do
+			for i = 1, 150 do
+				local s = st.stanza("e", { a = "1", ["b" .. i] = "2", c = "3" })
+				check(s, ("eviction pass %d seq %d"):format(pass, i))
+			end
+		end
+		-- Up to and past the cache's key limit.
+		for n = 14, 18 do
+			local s = st.stanza("m")
+			for i = 1, n do s.attr["a" .. i] = tostring(i) end
+			check(s, n .. " keys")
+			check(s, n .. " keys again")
+		end
+	end)
+
 	it("serializes by the children array, whatever tags says", function ()
 		local s = st.stanza("a"):tag("b"):up():text("t"):tag("c"):up()
 		s.tags = {}

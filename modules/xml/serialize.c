@@ -92,6 +92,10 @@ typedef struct Out {
 #define UV_KNAME   4 /* "name" */
 #define UV_KATTR   5 /* "attr" */
 #define UV_COUNT   5
+/* top_tag's closures only: */
+#define UV_TTCACHE  6 /* its order cache (a TTCache userdata) */
+#define UV_TTANCHOR 7 /* a table keeping the cached keys alive */
+#define UV_TTCOUNT  7
 
 /* t[key] for one of the key upvalues; honours __index just as t.name does. */
 static inline int get_key(lua_State *L, int t, int key) {
@@ -740,14 +744,196 @@ static int plain_table(lua_State *L, int idx) {
 }
 
 /*
+** top_tag's order cache. Stock writes the attributes in the pairs order of
+** a fresh copy of attr, filled by "attr[k] = v" in the original's pairs
+** order; the copy can iterate in another order than the original. The
+** copy's layout, and so its order, depends only on the sequence of keys
+** inserted (their hashes and the insertion order: Lua's inserts and
+** rehashes are deterministic, and values play no part), so for a key
+** sequence seen before the order is looked up instead of built: each
+** entry holds a sequence of string keys (identified by their bytes'
+** address, which is one string object's while that object lives) and the
+** copy's order as indices into it. The keys of every entry are kept alive
+** by the anchor table (upvalue UV_TTANCHOR), so an address in the cache is
+** never reused by another string. Attribute tables with more keys, or
+** with a key that is not a string, are copied as stock does each time.
+*/
+#define TT_KEYS 16
+#define TT_WAYS 64
+
+typedef struct TTEntry {
+  int n; /* keys in the sequence; 0 for an unused entry */
+  const char *key[TT_KEYS];
+  unsigned char order[TT_KEYS];
+} TTEntry;
+
+typedef struct TTCache {
+  TTEntry e[TT_WAYS];
+} TTCache;
+
+/*
+** Learn the copy's order for the n string keys at stack slots first,
+** first + 2, ... (values after each) whose bytes are at kp, into order:
+** the copy is built as stock's clone builds it and walked with lua_next.
+** Then the entry e (way w) is filled, after every allocation, so that no
+** Lua code (a finalizer run by a GC step) can come between anchoring the
+** keys and recording them. Returns 0 if the copy does not give the keys
+** back one for one (it always should).
+*/
+static int tt_learn(lua_State *L, TTEntry *e, int w, const char **kp, int n,
+                    int first, unsigned char *order) {
+  int i, pos = 0, copy, keys;
+  e->n = 0; /* unusable until filled in below */
+  lua_createtable(L, 0, 0); /* stock's "local attr = {}" */
+  copy = lua_gettop(L);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + 2 * i);
+    lua_pushvalue(L, first + 2 * i + 1);
+    lua_rawset(L, copy); /* "attr[k] = v" on a table without metatable */
+  }
+  lua_pushnil(L);
+  while (lua_next(L, copy)) {
+    const char *k = lua_tolstring(L, -2, NULL);
+    int j = 0;
+    while (j < n && kp[j] != k) j++;
+    if (j == n || pos == n) {
+      lua_settop(L, copy - 1);
+      return 0;
+    }
+    order[pos++] = (unsigned char)j;
+    lua_pop(L, 1);
+  }
+  if (pos != n) {
+    lua_settop(L, copy - 1);
+    return 0;
+  }
+  lua_createtable(L, n, 0); /* the keys, to anchor */
+  keys = lua_gettop(L);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + 2 * i);
+    lua_rawseti(L, keys, i + 1);
+  }
+  /* The anchor's array part was made with every way present, so this
+     store allocates nothing and no GC step runs before e is filled. */
+  lua_rawseti(L, lua_upvalueindex(UV_TTANCHOR), w + 1);
+  memcpy(e->key, kp, (size_t)n * sizeof *kp);
+  memcpy(e->order, order, (size_t)n);
+  e->n = n;
+  lua_settop(L, copy - 1);
+  return 1;
+}
+
+/*
+** Write the top tag from the n keys and values on the stack (key i at
+** first + 2i, its value above it, bytes at kp/kl) in the given order.
+** Returns 0 when stock must handle it.
+*/
+static int tt_write(lua_State *L, Out *o, int first, const char **kp,
+                    const size_t *kl, int n, const unsigned char *order) {
+  lua_Integer nsid = 0;
+  int i;
+  for (i = 0; i < n; i++) {
+    int j = order[i], vi = first + 2 * j + 1;
+    const char *k = kp[j], *v;
+    size_t kn = kl[j], vl, at;
+    char *w;
+    if (has_sep(k, kn)) {
+      if (!write_ns_attr(L, o, k, kn, vi, ++nsid)) return 0;
+      continue;
+    }
+    /* At the top, xmlns is compared with stock's nil parentns: it is an
+       ordinary attribute. Numbers are converted in our own slot. */
+    if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+    w = out_reserve(L, o, kn + vl + 5);
+    *w++ = ' ';
+    w = put(w, k, kn);
+    *w++ = '=';
+    *w++ = '\'';
+    if ((at = next_special(v, 0, vl)) == vl) {
+      w = put(w, v, vl);
+      *w++ = '\'';
+      o->n = (size_t)(w - o->p);
+    } else {
+      o->n = (size_t)(w - o->p);
+      out_escaped_slow(L, o, v, vl, at);
+      out_char(L, o, '\'');
+    }
+  }
+  return 1;
+}
+
+/*
+** top_tag with the attributes walked once and their order taken from the
+** cache (stack: 1 stanza, 2 attr, 3 namespaces, 4 name). Returns -1 when
+** the attributes cannot be cached (the caller copies them instead), 0 when
+** stock must handle the stanza, 1 with the result pushed.
+*/
+static int top_tag_cached(lua_State *L) {
+  const char *kp[TT_KEYS];
+  size_t kl[TT_KEYS];
+  unsigned char order[TT_KEYS];
+  uint64_t h = 0;
+  int n = 0, fresh, first, ok;
+  Out *o;
+  TTCache *c = (TTCache *)lua_touserdata(L, lua_upvalueindex(UV_TTCACHE));
+  if (c == NULL || !lua_checkstack(L, 2 * TT_KEYS + 8)) return -1;
+  o = out_acquire(L, &fresh); /* 5 */
+  first = 6;
+  /* pairs over the original, keeping every key and value on the stack:
+     key i at first + 2i, its value above it. */
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    int ki = first + 2 * n;
+    if (n == TT_KEYS || lua_type(L, ki) != LUA_TSTRING) {
+      out_release(L, o, 5, fresh);
+      lua_settop(L, 4);
+      return -1;
+    }
+    kp[n] = lua_tolstring(L, ki, &kl[n]);
+    h = (h + (uint64_t)(uintptr_t)kp[n]) * 0x9e3779b97f4a7c15u;
+    n++;
+    lua_pushvalue(L, ki); /* the key lua_next continues from */
+  }
+  if (n > 0) {
+    int w = (int)(h >> 58); /* TT_WAYS == 64 */
+    TTEntry *e = &c->e[w];
+    if (e->n == n && memcmp(e->key, kp, (size_t)n * sizeof *kp) == 0) {
+      /* A local copy: a finalizer run while writing may reuse the way. */
+      memcpy(order, e->order, (size_t)n);
+    } else if (!tt_learn(L, e, w, kp, n, first, order)) {
+      out_release(L, o, 5, fresh);
+      lua_settop(L, 4);
+      return -1;
+    }
+  }
+  {
+    size_t nl;
+    const char *name = lua_tolstring(L, 4, &nl);
+    char *w = out_reserve(L, o, nl + 1);
+    *w++ = '<';
+    o->n = (size_t)(put(w, name, nl) - o->p);
+  }
+  ok = tt_write(L, o, first, kp, kl, n, order);
+  if (ok) {
+    out_char(L, o, '>');
+    lua_pushlstring(L, o->p, o->n);
+    lua_replace(L, 1);
+  }
+  out_release(L, o, 5, fresh);
+  lua_settop(L, 1);
+  return ok;
+}
+
+/*
 ** top_tag(stanza): the opening tag alone, "<name attrs>". Stock builds it
 ** from clone(stanza, true), whose attr table is a fresh copy filled in pairs
 ** order; the copy can iterate in a different order than the original, so
-** the copy is made here the same way and its order is the one written.
+** its order is the one written: from the cache above, or from a copy made
+** here the same way.
 */
 static int l_top_tag(lua_State *L) {
   Out *o;
-  int fresh;
+  int fresh, r;
   lua_settop(L, 1);
   if (lua_isnil(L, lua_upvalueindex(UV_MT))) {
     push_stock(L, "top_tag", 1, l_top_tag);
@@ -763,6 +949,8 @@ static int l_top_tag(lua_State *L) {
   if (!plain_table(L, 2) || (lua_toboolean(L, 3) && !plain_table(L, 3)) ||
       lua_tolstring(L, 4, NULL) == NULL)
     return call_stock(L, 1, "top_tag", 1, l_top_tag);
+  if ((r = top_tag_cached(L)) == 1) return 1;
+  if (r == 0) return call_stock(L, 1, "top_tag", 1, l_top_tag);
   lua_newtable(L);                  /* 5: the copy, as "attr[k] = v" */
   lua_pushnil(L);
   while (lua_next(L, 2)) {
@@ -806,6 +994,20 @@ static void push_closure(lua_State *L, lua_CFunction fn, int mt, int stock) {
   if (stock) lua_pushvalue(L, stock); else lua_pushnil(L);
   lua_pushliteral(L, "name");
   lua_pushliteral(L, "attr");
+  if (fn == l_top_tag) {
+    int i;
+    TTCache *c = (TTCache *)lua_newuserdatauv(L, sizeof(TTCache), 0);
+    memset(c, 0, sizeof *c);
+    /* Every way present from the start, in the array part, so that
+       replacing one never allocates (see tt_learn). */
+    lua_createtable(L, TT_WAYS, 0);
+    for (i = 1; i <= TT_WAYS; i++) {
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushcclosure(L, fn, UV_TTCOUNT);
+    return;
+  }
   lua_pushcclosure(L, fn, UV_COUNT);
 }
 
