@@ -296,13 +296,13 @@ describe("brisk.xml serializer (differential)", function ()
 		end
 		-- More distinct sequences than the cache has ways, cycled twice.
 		for pass = 1, 2 do
-			for i = 1, 150 do
+			for i = 1, 600 do
 				local s = st.stanza("e", { a = "1", ["b" .. i] = "2", c = "3" })
 				check(s, ("eviction pass %d seq %d"):format(pass, i))
 			end
 		end
 		-- Up to and past the cache's key limit.
-		for n = 14, 18 do
+		for n = 10, 14 do
 			local s = st.stanza("m")
 			for i = 1, n do s.attr["a" .. i] = tostring(i) end
 			check(s, n .. " keys")

@@ -757,9 +757,14 @@ static int plain_table(lua_State *L, int idx) {
 ** by the anchor table (upvalue UV_TTANCHOR), so an address in the cache is
 ** never reused by another string. Attribute tables with more keys, or
 ** with a key that is not a string, are copied as stock does each time.
+** Two ways per set, the one used less recently replaced: with one way,
+** two frequent sequences that collide would each miss every time, and a
+** miss costs more than stock's copy alone.
 */
-#define TT_KEYS 16
-#define TT_WAYS 64
+#define TT_KEYS 12
+#define TT_SETS 128 /* a power of 2: the set is the hash's top bits */
+#define TT_SETBITS 7
+#define TT_WAYS (2 * TT_SETS)
 
 typedef struct TTEntry {
   int n; /* keys in the sequence; 0 for an unused entry */
@@ -768,7 +773,8 @@ typedef struct TTEntry {
 } TTEntry;
 
 typedef struct TTCache {
-  TTEntry e[TT_WAYS];
+  TTEntry e[TT_WAYS]; /* set s: e[2s] and e[2s + 1] */
+  unsigned char recent[TT_SETS]; /* the way of the set last used */
 } TTCache;
 
 /*
@@ -862,6 +868,11 @@ static int tt_write(lua_State *L, Out *o, int first, const char **kp,
   return 1;
 }
 
+/* Does entry e hold exactly the n keys at kp, in that order? */
+static inline int tt_match(const TTEntry *e, const char **kp, int n) {
+  return e->n == n && memcmp(e->key, kp, (size_t)n * sizeof *kp) == 0;
+}
+
 /*
 ** top_tag with the attributes walked once and their order taken from the
 ** cache (stack: 1 stanza, 2 attr, 3 namespaces, 4 name). Returns -1 when
@@ -895,15 +906,21 @@ static int top_tag_cached(lua_State *L) {
     lua_pushvalue(L, ki); /* the key lua_next continues from */
   }
   if (n > 0) {
-    int w = (int)(h >> 58); /* TT_WAYS == 64 */
-    TTEntry *e = &c->e[w];
-    if (e->n == n && memcmp(e->key, kp, (size_t)n * sizeof *kp) == 0) {
+    int set = (int)(h >> (64 - TT_SETBITS)), w = -1;
+    if (tt_match(&c->e[2 * set], kp, n)) w = 2 * set;
+    else if (tt_match(&c->e[2 * set + 1], kp, n)) w = 2 * set + 1;
+    if (w >= 0) {
       /* A local copy: a finalizer run while writing may reuse the way. */
-      memcpy(order, e->order, (size_t)n);
-    } else if (!tt_learn(L, e, w, kp, n, first, order)) {
-      out_release(L, o, 5, fresh);
-      lua_settop(L, 4);
-      return -1;
+      memcpy(order, c->e[w].order, (size_t)n);
+      c->recent[set] = (unsigned char)(w & 1);
+    } else {
+      w = 2 * set + (c->recent[set] ^ 1);
+      c->recent[set] = (unsigned char)(w & 1);
+      if (!tt_learn(L, &c->e[w], w, kp, n, first, order)) {
+        out_release(L, o, 5, fresh);
+        lua_settop(L, 4);
+        return -1;
+      }
     }
   }
   {
