@@ -301,6 +301,12 @@ describe("brisk.xml serializer (differential)", function ()
 				check(s, ("eviction pass %d seq %d"):format(pass, i))
 			end
 		end
+		-- Keys too long to be kept in the cache, next to short ones.
+		for n = 60, 70 do
+			local s = st.stanza("l", { a = "1", [("k"):rep(n)] = "2", z = "3" })
+			check(s, "key of " .. n .. " bytes")
+			check(s, "key of " .. n .. " bytes again")
+		end
 		-- Up to and past the cache's key limit.
 		for n = 10, 14 do
 			local s = st.stanza("m")

@@ -24,8 +24,9 @@
 ** time. Fields are read raw first (get_field, get_index), which is exact
 ** for every table because __index only runs when the raw value is nil, and
 ** a little cheaper. #t stays lua_len: proving that an element has no __len
-** (to use lua_rawlen) takes more calls than lua_len costs.
-** docs/xml-serializer.md has the measurements.
+** (to use lua_rawlen) takes more calls than lua_len costs. top_tag caches,
+** per sequence of attribute keys, the order stock's attribute copy iterates
+** in (see TTCache). docs/xml-serializer.md has the measurements.
 **
 ** brisk_xml_install_serializer patches util.stanza in place and pushes a
 ** function that undoes exactly what it patched, so unloading mod_brisk_xml
@@ -762,6 +763,10 @@ static int plain_table(lua_State *L, int idx) {
 ** miss costs more than stock's copy alone.
 */
 #define TT_KEYS 12
+/* Longer keys are not cached: the anchor keeps at most TT_WAYS * TT_KEYS
+   keys alive, which must stay a small amount of memory whatever names
+   clients send. */
+#define TT_KEYLEN 64
 #define TT_SETS 128 /* a power of 2: the set is the hash's top bits */
 #define TT_SETBITS 7
 #define TT_WAYS (2 * TT_SETS)
@@ -901,6 +906,11 @@ static int top_tag_cached(lua_State *L) {
       return -1;
     }
     kp[n] = lua_tolstring(L, ki, &kl[n]);
+    if (kl[n] > TT_KEYLEN) { /* not kept alive in the cache: see TT_KEYLEN */
+      out_release(L, o, 5, fresh);
+      lua_settop(L, 4);
+      return -1;
+    }
     h = (h + (uint64_t)(uintptr_t)kp[n]) * 0x9e3779b97f4a7c15u;
     n++;
     lua_pushvalue(L, ki); /* the key lua_next continues from */
