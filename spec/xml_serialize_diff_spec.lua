@@ -253,6 +253,69 @@ describe("brisk.xml serializer (differential)", function ()
 		end
 	end)
 
+	it("top_tag matches stock when its order cache is hit, missed and evicted", function ()
+		-- Attribute tables whose own pairs order differs from their copy's
+		-- (keys deleted from a larger table, re-added, inserted in other
+		-- orders), each top_tag'd several times: the first call learns the
+		-- copy's order, later ones take it from the cache.
+		local r = rng(7)
+		local differ = 0
+		for round = 1, 300 do
+			local attr = {}
+			local n = r(24)
+			for i = 1, n do attr["k" .. r(40)] = "v" .. i end
+			for _ = 1, r(n) do attr["k" .. r(40)] = nil end
+			if r(3) == 1 then attr["k" .. r(40)] = "again" end
+			if r(5) == 1 then attr["urn:x\1k" .. r(9)] = "ns" end
+			if r(7) == 1 then attr.xmlns = "urn:top" end
+			if r(11) == 1 then attr[r(3)] = "numkey" end
+			local s = st.stanza("t"); s.attr = attr
+			local copy = {}
+			for k, v in pairs(attr) do copy[k] = v end
+			local a, b = {}, {}
+			for k in pairs(attr) do a[#a + 1] = tostring(k) end
+			for k in pairs(copy) do b[#b + 1] = tostring(k) end
+			if table.concat(a, ",") ~= table.concat(b, ",") then differ = differ + 1 end
+			for i = 1, 3 do
+				check(s, ("cache round %d call %d"):format(round, i))
+				-- Same keys, other values: still this stanza's values.
+				for k in pairs(attr) do attr[k] = "w" .. i .. round end
+			end
+		end
+		assert.is_true(differ > 0, "no table iterated differently from its copy")
+		-- Fresh key strings, dropped and collected, then other fresh keys
+		-- (maybe at the same addresses): the cache keeps its keys alive, so
+		-- no stale entry can match.
+		for round = 1, 40 do
+			local s = st.stanza("g")
+			for i = 1, 1 + round % 9 do s.attr[("fresh%d_%d"):format(round, i)] = tostring(i) end
+			check(s, "fresh keys " .. round)
+			s = nil
+			collectgarbage()
+			collectgarbage()
+		end
+		-- More distinct sequences than the cache has ways, cycled twice.
+		for pass = 1, 2 do
+			for i = 1, 600 do
+				local s = st.stanza("e", { a = "1", ["b" .. i] = "2", c = "3" })
+				check(s, ("eviction pass %d seq %d"):format(pass, i))
+			end
+		end
+		-- Keys too long to be kept in the cache, next to short ones.
+		for n = 60, 70 do
+			local s = st.stanza("l", { a = "1", [("k"):rep(n)] = "2", z = "3" })
+			check(s, "key of " .. n .. " bytes")
+			check(s, "key of " .. n .. " bytes again")
+		end
+		-- Up to and past the cache's key limit.
+		for n = 10, 14 do
+			local s = st.stanza("m")
+			for i = 1, n do s.attr["a" .. i] = tostring(i) end
+			check(s, n .. " keys")
+			check(s, n .. " keys again")
+		end
+	end)
+
 	it("serializes by the children array, whatever tags says", function ()
 		local s = st.stanza("a"):tag("b"):up():text("t"):tag("c"):up()
 		s.tags = {}
@@ -297,6 +360,28 @@ describe("brisk.xml serializer (differential)", function ()
 		local p = setmetatable({ name = "p", attr = { xmlns = ns } }, st.stanza_mt)
 		p[1] = setmetatable({ name = "c", attr = { xmlns = ns } }, st.stanza_mt)
 		check(p, "table xmlns elided")
+		-- Equal namespaces in distinct string objects (long strings are not
+		-- interned): compared by content, as stock's == does.
+		local long = ("urn:example:a-namespace-longer-than-forty-bytes:"):rep(2)
+		local a1, a2 = long .. "x", long .. "x"
+		s = st.stanza("a", { xmlns = a1 }):tag("b", { xmlns = a2 }):tag("c", { xmlns = long .. "y" })
+			:tag("d", { xmlns = long .. "y" }):up():up():up()
+		check(s, "long equal namespaces")
+		-- A string and a number are never equal, whichever is the parent's.
+		s = st.stanza("a", { xmlns = "1" }); s[1] = setmetatable({ name = "b", attr = { xmlns = 1 } }, st.stanza_mt)
+		s[2] = setmetatable({ name = "c", attr = { xmlns = "1" } }, st.stanza_mt)
+		s[1][1] = setmetatable({ name = "d", attr = { xmlns = "1" } }, st.stanza_mt)
+		s[2][1] = setmetatable({ name = "e", attr = { xmlns = 1 } }, st.stanza_mt)
+		check(s, "string and number xmlns")
+		-- A namespace only on the grandparent: the child compares with nil.
+		s = st.stanza("a", { xmlns = "u" }):tag("b"):tag("c", { xmlns = "u" }):up():up()
+		check(s, "xmlns skips a level")
+		-- #t from __len as a string or a float: stock's "len == 0" and for loop.
+		for _, v in ipairs({ "0", "1", "2", " 2 ", "0x1", 0.0, 1.0, -1, "-1" }) do
+			local e = setmetatable({ name = "x", attr = {}, "a", "b" }, { __len = function () return v end })
+			s = st.stanza("a"); s[1] = e
+			check(s, "__len returning " .. type(v) .. " " .. tostring(v))
+		end
 	end)
 
 	it("matches stock at every length around the copy and scan boundaries", function ()
@@ -333,6 +418,17 @@ describe("brisk.xml serializer (differential)", function ()
 			end
 		end
 		assert.is_true(count > 100)
+		-- Every byte value, in the byte-loop, 4-7, 8-15 and 16-byte scans:
+		-- only the five special ones are escaped.
+		for b = 0, 255 do
+			local c = string.char(b)
+			for _, pad in ipairs({ { 0, 0 }, { 2, 2 }, { 5, 4 }, { 9, 11 }, { 20, 3 } }) do
+				local v = ("a"):rep(pad[1]) .. c .. ("b"):rep(pad[2])
+				-- Set directly: the builders refuse control bytes and bad UTF-8.
+				local s = st.stanza("e"); s.attr.v = v; s[1] = v
+				check(s, ("byte %d padded %d+%d"):format(b, pad[1], pad[2]))
+			end
+		end
 	end)
 
 	it("matches stock when stanza_mt, attr or children answer through metamethods", function ()

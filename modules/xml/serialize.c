@@ -24,8 +24,9 @@
 ** time. Fields are read raw first (get_field, get_index), which is exact
 ** for every table because __index only runs when the raw value is nil, and
 ** a little cheaper. #t stays lua_len: proving that an element has no __len
-** (to use lua_rawlen) takes more calls than lua_len costs.
-** docs/xml-serializer.md has the measurements.
+** (to use lua_rawlen) takes more calls than lua_len costs. top_tag caches,
+** per sequence of attribute keys, the order stock's attribute copy iterates
+** in (see TTCache). docs/xml-serializer.md has the measurements.
 **
 ** brisk_xml_install_serializer patches util.stanza in place and pushes a
 ** function that undoes exactly what it patched, so unloading mod_brisk_xml
@@ -46,15 +47,23 @@
 #define OUT_MT "brisk.xml.out"
 
 /*
-** One open element of the walk: the last child visited, the count, and its
-** name for the closing tag (the string is anchored in the element's stack
-** slot while the level is open).
+** One open element of the walk: the last child visited, the count, its
+** name for the closing tag, and its raw attr.xmlns for the children's
+** comparison: NS_STRING with the bytes in ns/nsl, or NS_OTHER (a number,
+** say) compared with lua_rawequal. Both strings are anchored in the
+** element's stack slots while the level is open, so the pointers stay
+** valid even if a metamethod edits the element meanwhile.
 */
 typedef struct Level {
   lua_Integer n, len;
-  const char *name;
-  size_t nl;
+  const char *name, *ns;
+  size_t nl, nsl;
+  int nst;
 } Level;
+
+#define NS_NONE   0 /* attr.xmlns is nil */
+#define NS_STRING 1
+#define NS_OTHER  2
 
 /*
 ** The output buffer and the walk's integer stack, both allocated with the
@@ -84,6 +93,10 @@ typedef struct Out {
 #define UV_KNAME   4 /* "name" */
 #define UV_KATTR   5 /* "attr" */
 #define UV_COUNT   5
+/* top_tag's closures only: */
+#define UV_TTCACHE  6 /* its order cache (a TTCache userdata) */
+#define UV_TTANCHOR 7 /* a table keeping the cached keys alive */
+#define UV_TTCOUNT  7
 
 /* t[key] for one of the key upvalues; honours __index just as t.name does. */
 static inline int get_key(lua_State *L, int t, int key) {
@@ -254,14 +267,20 @@ static const char esc_text[6][7] = {
 static const unsigned char esc_len[6] = { 0, 6, 6, 4, 4, 5 };
 
 #if defined(__SSE2__)
-/* Bit i set when byte i of x is one of the five. */
+/*
+** Bit i set when byte i of x is one of the five. Three compares, not
+** five: '&' (0x26) and '\'' (0x27) are the bytes that become 0x27 when
+** bit 0 is set, '<' (0x3c) and '>' (0x3e) those that become 0x3e when
+** bit 1 is set.
+*/
 static inline unsigned special_mask(__m128i x) {
   __m128i m = _mm_or_si128(
-      _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('\'')),
-                   _mm_cmpeq_epi8(x, _mm_set1_epi8('"'))),
-      _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('<')),
-                                _mm_cmpeq_epi8(x, _mm_set1_epi8('>'))),
-                   _mm_cmpeq_epi8(x, _mm_set1_epi8('&'))));
+      _mm_or_si128(
+          _mm_cmpeq_epi8(_mm_or_si128(x, _mm_set1_epi8(0x01)),
+                         _mm_set1_epi8('\'')),
+          _mm_cmpeq_epi8(_mm_or_si128(x, _mm_set1_epi8(0x02)),
+                         _mm_set1_epi8('>'))),
+      _mm_cmpeq_epi8(x, _mm_set1_epi8('"')));
   return (unsigned)_mm_movemask_epi8(m);
 }
 #endif
@@ -293,6 +312,18 @@ next_special(const char *s, size_t i, size_t len) {
     i = len - 8;
     bits = special_mask(_mm_loadl_epi64((const __m128i *)(const void *)(s + i))) & 0xffu;
     return bits ? i + (size_t)__builtin_ctz(bits) : len;
+  }
+  if (len - i >= 4) {
+    /* 4 to 7 bytes: the first four and the last four, overlapping, in one
+       register; a special byte in the second half that the first half
+       covers was already found there. */
+    uint32_t a, b;
+    unsigned bits;
+    memcpy(&a, s + i, 4);
+    memcpy(&b, s + len - 4, 4);
+    bits = special_mask(_mm_set_epi32(0, 0, (int)b, (int)a)) & 0xffu;
+    if (bits & 0xfu) return i + (size_t)__builtin_ctz(bits);
+    return bits ? len - 8 + (size_t)__builtin_ctz(bits) : len;
   }
 #endif
   for (; i < len; i++)
@@ -409,18 +440,34 @@ write_ns_attr(lua_State *L, Out *o, const char *k, size_t kl, int vi,
 }
 
 /*
+** Does the string value v (vl bytes) equal the parent's attr.xmlns under
+** stock's "v == parentns"? Two strings are equal when their bytes are:
+** interned short strings are usually the same pointer, so that is tried
+** first. A string never equals a non-string.
+*/
+static inline int same_ns(const Level *parent, const char *v, size_t vl) {
+  return parent != NULL && parent->nst == NS_STRING &&
+         (parent->ns == v ||
+          (parent->nsl == vl && memcmp(parent->ns, v, vl) == 0));
+}
+
+/*
 ** Write " key='value'" for every attribute of the table at index attr (on
 ** top of the stack, no metatable), in lua_next order, which is the order of
-** stock's pairs. parentns is the index of the parent's attr.xmlns, 0 at the
-** top (stock's nil there): an xmlns equal to it is left out, as stock does.
-** A namespaced attribute ("ns\1name") gets its own xmlns:nsN declaration,
-** numbered from 1 in each element. The raw attr.xmlns is copied to nsslot
-** for the children. Returns 0 when stock must handle the stanza.
+** stock's pairs. parent is the enclosing element's level (NULL at the top,
+** stock's parentns nil there), its raw attr.xmlns in stack slot parentns:
+** an xmlns equal to it is left out, as stock does. A namespaced attribute
+** ("ns\1name") gets its own xmlns:nsN declaration, numbered from 1 in
+** each element. The raw attr.xmlns is anchored in slot nsslot and noted in
+** self for the children. Returns 0 when stock must handle the stanza.
+** Inlined into the walk, where it runs for every element.
 */
-static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
-                       int nsslot) {
+static inline __attribute__((always_inline)) int
+attrs_inline(lua_State *L, Out *o, int attr, const Level *parent,
+             int parentns, Level *self, int nsslot) {
   const int ki = attr + 1, vi = attr + 2;
   lua_Integer nsid = 0;
+  self->nst = NS_NONE;
   lua_pushnil(L);
   while (lua_next(L, attr)) {
     const char *k, *v;
@@ -429,32 +476,46 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
     int kt = lua_type(L, ki);
     if (kt == LUA_TSTRING) {
       k = lua_tolstring(L, ki, &kl);
+      if (kl == 5 && memcmp(k, "xmlns", 5) == 0) {
+        /* The raw value, before any conversion, is what the children
+           compare with; the slot keeps it alive while they do. */
+        lua_copy(L, vi, nsslot);
+        if (lua_type(L, vi) == LUA_TSTRING) {
+          v = lua_tolstring(L, vi, &vl);
+          self->nst = NS_STRING;
+          self->ns = v;
+          self->nsl = vl;
+          if (same_ns(parent, v, vl)) {
+            lua_settop(L, ki);
+            continue;
+          }
+          goto write;
+        }
+        /* rawequal is stock's == here: __eq never applies to a number,
+           and any value but a string or number goes to stock below. */
+        self->nst = NS_OTHER;
+        if (parent != NULL && parent->nst == NS_OTHER &&
+            lua_rawequal(L, vi, parentns)) {
+          lua_settop(L, ki);
+          continue;
+        }
+      } else if (has_sep(k, kl)) {
+        if (!write_ns_attr(L, o, k, kl, vi, ++nsid)) return 0;
+        lua_settop(L, ki);
+        continue;
+      }
     } else if (kt == LUA_TNUMBER) {
-      /* Convert a copy: converting the key itself would break lua_next. */
+      /* Convert a copy: converting the key itself would break lua_next.
+         A number never holds the separator nor spells "xmlns". */
       lua_pushvalue(L, ki);
       k = lua_tolstring(L, -1, &kl);
     } else {
       return 0;
     }
-    if (kl == 5 && memcmp(k, "xmlns", 5) == 0) {
-      if (kt == LUA_TSTRING) {
-        /* Before any conversion: the children compare the raw value. */
-        lua_copy(L, vi, nsslot);
-        /* rawequal is stock's == here: __eq never applies to a string or
-           number, and any other value goes to stock below. */
-        if (parentns != 0 && lua_rawequal(L, vi, parentns)) {
-          lua_settop(L, ki);
-          continue;
-        }
-      }
-    } else if (has_sep(k, kl)) {
-      if (!write_ns_attr(L, o, k, kl, vi, ++nsid)) return 0;
-      lua_settop(L, ki);
-      continue;
-    }
     /* lua_tolstring converts a number value in place, in our slot, the way
        gsub would; anything but a string or number is stock's error. */
     if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+  write:
     /* One reservation covers " k='v'" unless v needs escaping. */
     w = out_reserve(L, o, kl + vl + 5);
     *w++ = ' ';
@@ -475,51 +536,17 @@ static int write_attrs(lua_State *L, Out *o, int attr, int parentns,
   return 1;
 }
 
+/* The same as a plain function, for top_tag. */
+static int write_attrs(lua_State *L, Out *o, int attr, int nsslot) {
+  Level self;
+  return attrs_inline(L, o, attr, NULL, 0, &self, nsslot);
+}
+
 /*
 ** Stack slots of one open element: the element, its name (as a string),
 ** its raw attr.xmlns (the children's parentns), attr, and #element.
 */
 #define SLOTS 5
-
-/*
-** Open the element at index t, whose name (read once: stock's child.name
-** and t.name read the same field) is at t + 1, the top. Writes "<name
-** attrs" and then either "/>" (returns 1; the slots are popped) or ">"
-** (returns 2, the SLOTS slots stay, *lv is filled in). Returns 0 when stock
-** must handle the stanza.
-*/
-static int enter(lua_State *L, Out *o, int t, int parentns, int keys,
-                 Level *lv) {
-  const char *name;
-  size_t nl;
-  int isnum;
-  /* In our own slot, so a number name may be converted as ".." would. */
-  if ((name = lua_tolstring(L, t + 1, &nl)) == NULL) return 0;
-  lua_pushnil(L); /* t + 2: attr.xmlns, nil unless write_attrs sees one */
-  /* attr must be a plain table: pairs would honour __pairs, and
-     t.attr.xmlns __index, in ways a raw walk cannot follow. */
-  if (get_field(L, t, keys + 1) != LUA_TTABLE || lua_getmetatable(L, t + 3))
-    return 0;
-  {
-    char *w = out_reserve(L, o, nl + 1);
-    *w++ = '<';
-    o->n = (size_t)(put(w, name, nl) - o->p);
-  }
-  if (!write_attrs(L, o, t + 3, parentns, t + 2)) return 0;
-  lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
-  lv->len = lua_tointegerx(L, t + 4, &isnum);
-  if (!isnum) return 0;
-  lv->n = 0;
-  lv->name = name;
-  lv->nl = nl;
-  if (lv->len == 0) {
-    out_lit(L, o, "/>");
-    lua_settop(L, t - 1);
-    return 1;
-  }
-  out_char(L, o, '>');
-  return 2;
-}
 
 /* Stack slots the walk reserves at a time. */
 #define STACK_CHUNK 160
@@ -529,12 +556,15 @@ static int enter(lua_State *L, Out *o, int t, int parentns, int keys,
 ** stock must handle it; either way the stack is back to its entry height.
 ** Open elements live on the Lua stack, SLOTS each from base + 1, their
 ** counters in o->lv: an explicit stack, so depth is bounded by Lua's stack
-** limit (a Lua error), never by the C stack.
+** limit (a Lua error), never by the C stack. One flat loop, everything
+** inlined: per element, the calls and register saves of helper functions
+** cost as much as the bookkeeping they do.
 */
 static int walk(lua_State *L, Out *o, int root) {
   const int top = lua_gettop(L), keys = top + 1, base = top + 2;
-  int limit = top + STACK_CHUNK, r;
+  int limit = top + STACK_CHUNK, t = base + 1;
   size_t depth = 0;
+  Level *lv; /* the innermost open element's, in o->lv[depth - 1] */
   if (lua_type(L, root) != LUA_TTABLE) return 0;
   if (!lua_checkstack(L, STACK_CHUNK))
     luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
@@ -544,51 +574,94 @@ static int walk(lua_State *L, Out *o, int root) {
   lua_pushvalue(L, lua_upvalueindex(UV_KATTR));
   lua_pushvalue(L, root);
   get_field(L, base + 1, keys);
-  if ((r = enter(L, o, base + 1, 0, keys, level_at(L, o, 0))) == 0)
-    goto fallback;
-  if (r == 1) goto done;
-  depth = 1;
-  while (depth > 0) {
-    Level *lv = &o->lv[depth - 1];
-    const int t = base + SLOTS * (int)(depth - 1) + 1;
-    if (lv->n >= lv->len) {
-      char *w = out_reserve(L, o, lv->nl + 3);
-      *w++ = '<';
-      *w++ = '/';
-      w = put(w, lv->name, lv->nl);
-      *w++ = '>';
-      o->n = (size_t)(w - o->p);
+  for (;;) {
+    /*
+    ** Open the element at t, whose name (read once: stock's child.name and
+    ** t.name read the same field) is at t + 1, the top. Its slots: t + 2
+    ** its raw attr.xmlns, t + 3 attr, t + 4 #t.
+    */
+    Level *self = level_at(L, o, depth); /* may move o->lv */
+    Level *parent = depth > 0 ? self - 1 : NULL;
+    const char *name;
+    size_t nl;
+    lua_Integer len;
+    int isnum;
+    char *w;
+    /* In our own slot, so a number name may be converted as ".." would. */
+    if ((name = lua_tolstring(L, t + 1, &nl)) == NULL) goto fallback;
+    lua_pushnil(L); /* t + 2: attr.xmlns, nil unless the attributes have it */
+    /* attr must be a plain table: pairs would honour __pairs, and
+       t.attr.xmlns __index, in ways a raw walk cannot follow. */
+    if (get_field(L, t, keys + 1) != LUA_TTABLE || lua_getmetatable(L, t + 3))
+      goto fallback;
+    w = out_reserve(L, o, nl + 1);
+    *w++ = '<';
+    o->n = (size_t)(put(w, name, nl) - o->p);
+    if (!attrs_inline(L, o, t + 3, parent, t - SLOTS + 2, self, t + 2))
+      goto fallback;
+    lua_len(L, t); /* t + 4: #t, honouring __len as stock's "#t" does */
+    len = lua_tointegerx(L, t + 4, &isnum);
+    /* Stock tests "len == 0", which a string from __len never passes
+       (its for loop would still take "3" as 3). */
+    if (!isnum || (len == 0 && lua_type(L, t + 4) != LUA_TNUMBER))
+      goto fallback;
+    if (len == 0) {
+      w = out_reserve(L, o, 2);
+      w[0] = '/';
+      w[1] = '>';
+      o->n += 2;
       lua_settop(L, t - 1);
-      depth--;
-      continue;
+      t -= SLOTS;
+      lv = parent;
+    } else {
+      out_char(L, o, '>');
+      self->n = 0;
+      self->len = len;
+      self->name = name;
+      self->nl = nl;
+      depth++;
+      lv = self;
     }
-    if (t + 2 * SLOTS + 8 > limit) {
-      /* A child needs SLOTS slots after ours, write_attrs three more. */
-      if (!lua_checkstack(L, STACK_CHUNK))
-        luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
-      limit = lua_gettop(L) + STACK_CHUNK;
-    }
-    lv->n++;
-    switch (get_index(L, t, lv->n)) {
-      case LUA_TSTRING: {
+    /* The next child of the innermost open element (lv, at t; NULL when
+       the root is done), closing the ones that are done. */
+    for (;;) {
+      int type;
+      if (lv == NULL) goto done;
+      if (lv->n >= lv->len) {
+        w = out_reserve(L, o, lv->nl + 3);
+        *w++ = '<';
+        *w++ = '/';
+        w = put(w, lv->name, lv->nl);
+        *w++ = '>';
+        o->n = (size_t)(w - o->p);
+        lua_settop(L, t - 1);
+        t -= SLOTS;
+        lv = --depth > 0 ? lv - 1 : NULL;
+        continue;
+      }
+      if (t + 2 * SLOTS + 8 > limit) {
+        /* A child needs SLOTS slots after ours, its attributes three
+           more. */
+        if (!lua_checkstack(L, STACK_CHUNK))
+          luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+        limit = lua_gettop(L) + STACK_CHUNK;
+      }
+      type = get_index(L, t, ++lv->n);
+      if (type == LUA_TSTRING) {
         size_t sl;
         const char *s = lua_tolstring(L, -1, &sl);
         out_escaped(L, o, s, sl);
         lua_settop(L, t + SLOTS - 1);
-        break;
+        continue;
       }
-      case LUA_TTABLE:
-        /* child.name decides element or text; stock takes a table with a
-           false name as text (an error) and errs on a name that is not a
-           string or number: both for stock to report. */
-        get_field(L, t + SLOTS, keys);
-        if ((r = enter(L, o, t + SLOTS, t + 2, keys,
-                       level_at(L, o, depth))) == 0)
-          goto fallback;
-        if (r == 2) depth++;
-        break;
-      default:
-        goto fallback;
+      /* child.name decides element or text; stock takes a table with a
+         false name as text (an error) and errs on a name that is not a
+         string or number: both for stock to report, as is any child
+         that is neither a string nor a table. */
+      if (type != LUA_TTABLE) goto fallback;
+      t += SLOTS;
+      get_field(L, t, keys);
+      break;
     }
   }
 done:
@@ -649,7 +722,8 @@ static int call_stock(lua_State *L, int nargs, const char *field, int in_mt,
 static int l_tostring(lua_State *L) {
   Out *o;
   int fresh;
-  lua_settop(L, 1);
+  /* tostring() passes exactly one argument: no lua_settop to pay then. */
+  if (lua_gettop(L) != 1) lua_settop(L, 1);
   o = out_acquire(L, &fresh); /* 2 */
   if (!walk(L, o, 1)) {
     out_release(L, o, 2, fresh);
@@ -671,14 +745,222 @@ static int plain_table(lua_State *L, int idx) {
 }
 
 /*
+** top_tag's order cache. Stock writes the attributes in the pairs order of
+** a fresh copy of attr, filled by "attr[k] = v" in the original's pairs
+** order; the copy can iterate in another order than the original. The
+** copy's layout, and so its order, depends only on the sequence of keys
+** inserted (their hashes and the insertion order: Lua's inserts and
+** rehashes are deterministic, and values play no part), so for a key
+** sequence seen before the order is looked up instead of built: each
+** entry holds a sequence of string keys (identified by their bytes'
+** address, which is one string object's while that object lives) and the
+** copy's order as indices into it. The keys of every entry are kept alive
+** by the anchor table (upvalue UV_TTANCHOR), so an address in the cache is
+** never reused by another string. Attribute tables with more keys, or
+** with a key that is not a string, are copied as stock does each time.
+** Two ways per set, the one used less recently replaced: with one way,
+** two frequent sequences that collide would each miss every time, and a
+** miss costs more than stock's copy alone.
+*/
+#define TT_KEYS 12
+/* Longer keys are not cached: the anchor keeps at most TT_WAYS * TT_KEYS
+   keys alive, which must stay a small amount of memory whatever names
+   clients send. */
+#define TT_KEYLEN 64
+#define TT_SETS 128 /* a power of 2: the set is the hash's top bits */
+#define TT_SETBITS 7
+#define TT_WAYS (2 * TT_SETS)
+
+typedef struct TTEntry {
+  int n; /* keys in the sequence; 0 for an unused entry */
+  const char *key[TT_KEYS];
+  unsigned char order[TT_KEYS];
+} TTEntry;
+
+typedef struct TTCache {
+  TTEntry e[TT_WAYS]; /* set s: e[2s] and e[2s + 1] */
+  unsigned char recent[TT_SETS]; /* the way of the set last used */
+} TTCache;
+
+/*
+** Learn the copy's order for the n string keys at stack slots first,
+** first + 2, ... (values after each) whose bytes are at kp, into order:
+** the copy is built as stock's clone builds it and walked with lua_next.
+** Then the entry e (way w) is filled, after every allocation, so that no
+** Lua code (a finalizer run by a GC step) can come between anchoring the
+** keys and recording them. Returns 0 if the copy does not give the keys
+** back one for one (it always should).
+*/
+static int tt_learn(lua_State *L, TTEntry *e, int w, const char **kp, int n,
+                    int first, unsigned char *order) {
+  int i, pos = 0, copy, keys;
+  e->n = 0; /* unusable until filled in below */
+  lua_createtable(L, 0, 0); /* stock's "local attr = {}" */
+  copy = lua_gettop(L);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + 2 * i);
+    lua_pushvalue(L, first + 2 * i + 1);
+    lua_rawset(L, copy); /* "attr[k] = v" on a table without metatable */
+  }
+  lua_pushnil(L);
+  while (lua_next(L, copy)) {
+    const char *k = lua_tolstring(L, -2, NULL);
+    int j = 0;
+    while (j < n && kp[j] != k) j++;
+    if (j == n || pos == n) {
+      lua_settop(L, copy - 1);
+      return 0;
+    }
+    order[pos++] = (unsigned char)j;
+    lua_pop(L, 1);
+  }
+  if (pos != n) {
+    lua_settop(L, copy - 1);
+    return 0;
+  }
+  lua_createtable(L, n, 0); /* the keys, to anchor */
+  keys = lua_gettop(L);
+  for (i = 0; i < n; i++) {
+    lua_pushvalue(L, first + 2 * i);
+    lua_rawseti(L, keys, i + 1);
+  }
+  /* The anchor's array part was made with every way present, so this
+     store allocates nothing and no GC step runs before e is filled. */
+  lua_rawseti(L, lua_upvalueindex(UV_TTANCHOR), w + 1);
+  memcpy(e->key, kp, (size_t)n * sizeof *kp);
+  memcpy(e->order, order, (size_t)n);
+  e->n = n;
+  lua_settop(L, copy - 1);
+  return 1;
+}
+
+/*
+** Write the top tag from the n keys and values on the stack (key i at
+** first + 2i, its value above it, bytes at kp/kl) in the given order.
+** Returns 0 when stock must handle it.
+*/
+static int tt_write(lua_State *L, Out *o, int first, const char **kp,
+                    const size_t *kl, int n, const unsigned char *order) {
+  lua_Integer nsid = 0;
+  int i;
+  for (i = 0; i < n; i++) {
+    int j = order[i], vi = first + 2 * j + 1;
+    const char *k = kp[j], *v;
+    size_t kn = kl[j], vl, at;
+    char *w;
+    if (has_sep(k, kn)) {
+      if (!write_ns_attr(L, o, k, kn, vi, ++nsid)) return 0;
+      continue;
+    }
+    /* At the top, xmlns is compared with stock's nil parentns: it is an
+       ordinary attribute. Numbers are converted in our own slot. */
+    if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
+    w = out_reserve(L, o, kn + vl + 5);
+    *w++ = ' ';
+    w = put(w, k, kn);
+    *w++ = '=';
+    *w++ = '\'';
+    if ((at = next_special(v, 0, vl)) == vl) {
+      w = put(w, v, vl);
+      *w++ = '\'';
+      o->n = (size_t)(w - o->p);
+    } else {
+      o->n = (size_t)(w - o->p);
+      out_escaped_slow(L, o, v, vl, at);
+      out_char(L, o, '\'');
+    }
+  }
+  return 1;
+}
+
+/* Does entry e hold exactly the n keys at kp, in that order? */
+static inline int tt_match(const TTEntry *e, const char **kp, int n) {
+  return e->n == n && memcmp(e->key, kp, (size_t)n * sizeof *kp) == 0;
+}
+
+/*
+** top_tag with the attributes walked once and their order taken from the
+** cache (stack: 1 stanza, 2 attr, 3 namespaces, 4 name). Returns -1 when
+** the attributes cannot be cached (the caller copies them instead), 0 when
+** stock must handle the stanza, 1 with the result pushed.
+*/
+static int top_tag_cached(lua_State *L) {
+  const char *kp[TT_KEYS];
+  size_t kl[TT_KEYS];
+  unsigned char order[TT_KEYS];
+  uint64_t h = 0;
+  int n = 0, fresh, first, ok;
+  Out *o;
+  TTCache *c = (TTCache *)lua_touserdata(L, lua_upvalueindex(UV_TTCACHE));
+  if (c == NULL || !lua_checkstack(L, 2 * TT_KEYS + 8)) return -1;
+  o = out_acquire(L, &fresh); /* 5 */
+  first = 6;
+  /* pairs over the original, keeping every key and value on the stack:
+     key i at first + 2i, its value above it. */
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    int ki = first + 2 * n;
+    if (n == TT_KEYS || lua_type(L, ki) != LUA_TSTRING) {
+      out_release(L, o, 5, fresh);
+      lua_settop(L, 4);
+      return -1;
+    }
+    kp[n] = lua_tolstring(L, ki, &kl[n]);
+    if (kl[n] > TT_KEYLEN) { /* not kept alive in the cache: see TT_KEYLEN */
+      out_release(L, o, 5, fresh);
+      lua_settop(L, 4);
+      return -1;
+    }
+    h = (h + (uint64_t)(uintptr_t)kp[n]) * 0x9e3779b97f4a7c15u;
+    n++;
+    lua_pushvalue(L, ki); /* the key lua_next continues from */
+  }
+  if (n > 0) {
+    int set = (int)(h >> (64 - TT_SETBITS)), w = -1;
+    if (tt_match(&c->e[2 * set], kp, n)) w = 2 * set;
+    else if (tt_match(&c->e[2 * set + 1], kp, n)) w = 2 * set + 1;
+    if (w >= 0) {
+      /* A local copy: a finalizer run while writing may reuse the way. */
+      memcpy(order, c->e[w].order, (size_t)n);
+      c->recent[set] = (unsigned char)(w & 1);
+    } else {
+      w = 2 * set + (c->recent[set] ^ 1);
+      c->recent[set] = (unsigned char)(w & 1);
+      if (!tt_learn(L, &c->e[w], w, kp, n, first, order)) {
+        out_release(L, o, 5, fresh);
+        lua_settop(L, 4);
+        return -1;
+      }
+    }
+  }
+  {
+    size_t nl;
+    const char *name = lua_tolstring(L, 4, &nl);
+    char *w = out_reserve(L, o, nl + 1);
+    *w++ = '<';
+    o->n = (size_t)(put(w, name, nl) - o->p);
+  }
+  ok = tt_write(L, o, first, kp, kl, n, order);
+  if (ok) {
+    out_char(L, o, '>');
+    lua_pushlstring(L, o->p, o->n);
+    lua_replace(L, 1);
+  }
+  out_release(L, o, 5, fresh);
+  lua_settop(L, 1);
+  return ok;
+}
+
+/*
 ** top_tag(stanza): the opening tag alone, "<name attrs>". Stock builds it
 ** from clone(stanza, true), whose attr table is a fresh copy filled in pairs
 ** order; the copy can iterate in a different order than the original, so
-** the copy is made here the same way and its order is the one written.
+** its order is the one written: from the cache above, or from a copy made
+** here the same way.
 */
 static int l_top_tag(lua_State *L) {
   Out *o;
-  int fresh;
+  int fresh, r;
   lua_settop(L, 1);
   if (lua_isnil(L, lua_upvalueindex(UV_MT))) {
     push_stock(L, "top_tag", 1, l_top_tag);
@@ -694,6 +976,8 @@ static int l_top_tag(lua_State *L) {
   if (!plain_table(L, 2) || (lua_toboolean(L, 3) && !plain_table(L, 3)) ||
       lua_tolstring(L, 4, NULL) == NULL)
     return call_stock(L, 1, "top_tag", 1, l_top_tag);
+  if ((r = top_tag_cached(L)) == 1) return 1;
+  if (r == 0) return call_stock(L, 1, "top_tag", 1, l_top_tag);
   lua_newtable(L);                  /* 5: the copy, as "attr[k] = v" */
   lua_pushnil(L);
   while (lua_next(L, 2)) {
@@ -710,7 +994,7 @@ static int l_top_tag(lua_State *L) {
     const char *name = lua_tolstring(L, 4, &nl);
     out_add(L, o, name, nl);
   }
-  if (!write_attrs(L, o, 8, 0, 6)) {
+  if (!write_attrs(L, o, 8, 6)) {
     out_release(L, o, 7, fresh);
     return call_stock(L, 1, "top_tag", 1, l_top_tag);
   }
@@ -737,6 +1021,20 @@ static void push_closure(lua_State *L, lua_CFunction fn, int mt, int stock) {
   if (stock) lua_pushvalue(L, stock); else lua_pushnil(L);
   lua_pushliteral(L, "name");
   lua_pushliteral(L, "attr");
+  if (fn == l_top_tag) {
+    int i;
+    TTCache *c = (TTCache *)lua_newuserdatauv(L, sizeof(TTCache), 0);
+    memset(c, 0, sizeof *c);
+    /* Every way present from the start, in the array part, so that
+       replacing one never allocates (see tt_learn). */
+    lua_createtable(L, TT_WAYS, 0);
+    for (i = 1; i <= TT_WAYS; i++) {
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushcclosure(L, fn, UV_TTCOUNT);
+    return;
+  }
   lua_pushcclosure(L, fn, UV_COUNT);
 }
 
