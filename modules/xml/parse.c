@@ -15,6 +15,7 @@
 ** released by __gc, so a Lua error can never leak it.
 */
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,7 +47,7 @@ enum {
   UV_STANZA_MT,
   UV_LIMIT,        /* stanza_size_limit, any Lua value (compared like stock) */
   UV_PENDING,      /* the error a callback raised during the current parse */
-  UV_CACHE,        /* the string cache shared by all streams (see push_name) */
+  UV_CACHE,        /* the NameCache userdata shared by all streams (push_name) */
   UV_COUNT = UV_CACHE
 };
 
@@ -78,6 +79,7 @@ typedef struct Stream {
   int has_streamopened, has_streamclosed;
   int base;             /* first of the fixed stack slots below, during a parse */
   Limits limits;
+  struct NameCache *cache;  /* kept alive by UV_CACHE */
 } Stream;
 
 /*
@@ -94,9 +96,19 @@ typedef struct Stream {
 #define SLOT_CACHE(s) ((s)->base + 6)
 
 /* Slots of the string cache, a power of two, and the longest string kept. */
-#define NAME_CACHE_SIZE 512
-#define NAME_CACHE_MAXLEN 48
+#define NAME_CACHE_SIZE 2048
+#define NAME_CACHE_MAXLEN 64
 #define SHORT_VALUE_MAXLEN 12
+
+/*
+** The string cache (see push_name): slot i's Lua string is element i+1 of
+** the cache userdata's user value (a table, which keeps it alive), and the
+** C side keeps its bytes and length, so a lookup compares memory without
+** going through the Lua API; only a hit pushes the string.
+*/
+typedef struct NameCache {
+  struct { const char *str; size_t len; } slot[NAME_CACHE_SIZE];
+} NameCache;
 
 static const char *const STREAM_TYPE = "brisk.xml.stream";
 
@@ -279,34 +291,42 @@ static void progress(Stream *s, lua_Integer n) {
 
 /*
 ** Push the string str[0..len), for element names, attribute names and
-** namespaces: the same few strings over and over. A small cache (shared by
-** all streams of this Lua state: strings are immutable, and which copy of an
-** equal string a table holds cannot be observed) answers most of them with
-** one array read and a memcmp, cheaper than hashing and interning the string
+** namespaces: the same few strings over and over. A cache (shared by all
+** streams of this Lua state: strings are immutable, and which copy of an
+** equal string a table holds cannot be observed) answers most of them with a
+** memcmp and one array read, cheaper than hashing and interning the string
 ** again (Lua does not intern strings longer than 40 bytes at all: each push
-** would allocate). The slot is picked from the length and a few bytes.
+** would allocate). It is direct-mapped; the slot comes from the length and
+** the first and last bytes (up to 8 of each, which tells apart names like
+** "urn:xmpp:...:0" and "...:1"). 2048 slots keep conflict misses rare for
+** the few hundred distinct names of real traffic.
 */
+static uint64_t load_le(const char *p, size_t n) {
+  uint64_t v = 0;
+  memcpy(&v, p, n);
+  return v;
+}
+
 static void push_name(Stream *s, const char *str, size_t len) {
   lua_State *L = s->L;
   if (len > 0 && len <= NAME_CACHE_MAXLEN) {
-    unsigned h = (unsigned)len * 0x9E3779B1u;
-    lua_Integer slot;
-    const char *c;
-    size_t clen;
-    h ^= (unsigned char)str[0] | ((unsigned)(unsigned char)str[len - 1] << 8) |
-         ((unsigned)(unsigned char)str[len / 2] << 16);
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    slot = (lua_Integer)(h & (NAME_CACHE_SIZE - 1)) + 1;
-    if (lua_rawgeti(L, SLOT_CACHE(s), slot) == LUA_TSTRING) {
-      c = lua_tolstring(L, -1, &clen);
-      if (clen == len && memcmp(c, str, len) == 0) return;
+    NameCache *c = s->cache;
+    size_t n = len < 8 ? len : 8;
+    uint64_t h = load_le(str, n) * 0x9E3779B97F4A7C15u;
+    unsigned slot;
+    h ^= load_le(str + len - n, n) * 0xC2B2AE3D27D4EB4Fu;
+    h ^= (uint64_t)len << 32;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9u;
+    slot = (unsigned)(h >> 40) & (NAME_CACHE_SIZE - 1);
+    if (c->slot[slot].len == len && memcmp(c->slot[slot].str, str, len) == 0) {
+      lua_rawgeti(L, SLOT_CACHE(s), (lua_Integer)slot + 1);
+      return;
     }
-    lua_pop(L, 1);
-    lua_pushlstring(L, str, len);
+    c->slot[slot].str = lua_pushlstring(L, str, len);
+    c->slot[slot].len = len;
     lua_pushvalue(L, -1);
-    lua_rawseti(L, SLOT_CACHE(s), slot);
+    lua_rawseti(L, SLOT_CACHE(s), (lua_Integer)slot + 1);
     return;
   }
   lua_pushlstring(L, str, len);
@@ -339,7 +359,8 @@ static const char *xml_attr_name(const char *k, size_t klen) {
 ** slots, as in stock.
 */
 static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
-                       const char *ns, size_t nslen, int set_xmlns) {
+                       lua_Integer nattrs, const char *ns, size_t nslen,
+                       int set_xmlns) {
   lua_State *L = s->L;
   const XML_Char **a;
   size_t vlen;
@@ -358,8 +379,20 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
   ** share one among 2 nodes, they cannot among 4. From 5 keys on the order
   ** does matter (the differential specs catch an (8, 8) start at once), so
   ** later resizes are replayed as they are.
+  **
+  ** Two more starts skip the resize that stock's xmlns store causes in the
+  ** commonest elements (a payload in its own namespace, with no or one
+  ** attribute). With no attributes, stock's xmlns store grows the empty
+  ** table to 1 node; with one, it grows the full (1, 1) table to 1 array
+  ** slot (t[1] is still set) and 2 nodes, reinserting k1 into the fresh
+  ** nodes before xmlns. A table created at that size sees the same inserts
+  ** into the same fresh nodes in the same order: the same state. (With two
+  ** or more keys the reinsert follows node order, which may differ from
+  ** insertion order, so those resizes are replayed.)
   */
-  if (lastspec >= 3) lua_createtable(L, 4, 4);
+  if (set_xmlns && nattrs == lastspec && lastspec <= 1)
+    lua_createtable(L, (int)lastspec, (int)lastspec + 1);
+  else if (lastspec >= 3) lua_createtable(L, 4, 4);
   else if (lastspec == 2) lua_createtable(L, 2, 2);
   else if (lastspec == 1) lua_createtable(L, 1, 1);
   else lua_createtable(L, 0, 0);
@@ -479,7 +512,7 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
       stop_parser(s, p);
     return;
   }
-  push_attrs(s, p, atts, ns, nslen, set_xmlns);
+  push_attrs(s, p, atts, nattrs, ns, nslen, set_xmlns);
   if (s->depth == 0) {
     int notopen;
     s->stanza_size = XML_GetCurrentByteCount(p);
@@ -732,6 +765,8 @@ static int parse_protected(lua_State *L) {
   lua_pushliteral(L, "tags");
   lua_pushliteral(L, "xmlns");
   lua_getiuservalue(L, 1, UV_CACHE);
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);
   s->base = 4;
   s->L = L;
   s->ud = 1;
@@ -981,7 +1016,7 @@ static const char *keep_string(lua_State *L, int t, int slot) {
 
 /*
 ** Upvalue 1: the Limits userdata. Upvalue 2: stock util.xmppstream.new or
-** nil. Upvalue 3: the string cache table.
+** nil. Upvalue 3: the string cache (a NameCache userdata).
 */
 static int l_new(lua_State *L) {
   Limits *lim = (Limits *)lua_touserdata(L, lua_upvalueindex(1));
@@ -1067,6 +1102,7 @@ static int l_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_STANZA_MT);
   lua_newtable(L);
   lua_setiuservalue(L, ud, UV_STACK);
+  s->cache = (NameCache *)lua_touserdata(L, lua_upvalueindex(3));
   lua_pushvalue(L, lua_upvalueindex(3));
   lua_setiuservalue(L, ud, UV_CACHE);
 
@@ -1229,7 +1265,11 @@ void brisk_xml_open_parser(lua_State *L, int mod) {
   /* stack: lim, stock new (or nil) */
   lua_pushvalue(L, -2);
   lua_pushvalue(L, -2);
+  /* the string cache: zeroed slots (length 0 never matches a lookup) and
+  ** the table holding their strings */
+  memset(lua_newuserdatauv(L, sizeof(NameCache), 1), 0, sizeof(NameCache));
   lua_createtable(L, NAME_CACHE_SIZE, 0);
+  lua_setiuservalue(L, -2, 1);
   lua_pushcclosure(L, l_new, 3);
   lua_setfield(L, mod, "new");
   lua_pop(L, 1);
