@@ -359,8 +359,8 @@ static const char *xml_attr_name(const char *k, size_t klen) {
 ** slots, as in stock.
 */
 static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
-                       lua_Integer nattrs, const char *ns, size_t nslen,
-                       int set_xmlns) {
+                       lua_Integer nattrs, int has_xml, const char *ns,
+                       size_t nslen, int set_xmlns) {
   lua_State *L = s->L;
   const XML_Char **a;
   size_t vlen;
@@ -390,6 +390,24 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
   ** or more keys the reinsert follows node order, which may differ from
   ** insertion order, so those resizes are replayed.)
   */
+  /*
+  ** Whether stock's positional entries t[1..lastspec] can leave a trace.
+  ** They are written, counted by "#attr" and cleared again; when all of
+  ** them sit in the array part (lastspec <= 4 with the starts above) and no
+  ** resize happens while they are set (every string key finds a free node:
+  ** lastspec 1, 2 and 4 without xmlns, lastspec 1 with xmlns in its 2-node
+  ** start, lastspec 3 with or without it; no defaulted attributes; no
+  ** attribute in the XML namespace, whose renaming inserts keys inside
+  ** stock's clearing loop), writing and clearing them only touches array
+  ** slots, which end as empty as they started, and a resize, the only
+  ** thing that counts them, never sees them. What remains is the effect of
+  ** "#attr" on the array's size hint: none for lastspec 1, 2 and 4 (the
+  ** array is full, the hint stays the size), and for 3 of 4 slots the hint
+  ** drops to 3, which is reproduced below by setting t[3] alone around the
+  ** length. Otherwise the entries are replayed as stock writes them.
+  */
+  int positional = has_xml || nattrs != lastspec || lastspec > 4 ||
+                   (set_xmlns && lastspec != 1 && lastspec != 3);
   if (set_xmlns && nattrs == lastspec && lastspec <= 1)
     lua_createtable(L, (int)lastspec, (int)lastspec + 1);
   else if (lastspec >= 3) lua_createtable(L, 4, 4);
@@ -398,7 +416,7 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
   else lua_createtable(L, 0, 0);
   for (a = atts; *a; a += 2) {
     push_name(s, a[0], strlen(a[0]));
-    if (i <= lastspec) {
+    if (positional && i <= lastspec) {
       lua_pushvalue(L, -1);
       lua_rawseti(L, -3, i++);
     }
@@ -413,6 +431,16 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
     lua_pushvalue(L, KEY_XMLNS(s));
     push_name(s, ns, nslen);
     lua_rawset(L, -3);
+  }
+  if (!positional) {
+    if (lastspec == 3) {
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, -2, 3);
+      lua_rawlen(L, -1);
+      lua_pushnil(L);
+      lua_rawseti(L, -2, 3);
+    }
+    return;
   }
   /* Stock's "#attr": keys 1..lastspec are present and lastspec+1 is not, so
   ** it is lastspec, but the length operator may also lower the array-size
@@ -469,7 +497,7 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
   lua_State *L = s->L;
   const char *sep, *ns, *name;
   size_t nslen, namelen;
-  int set_xmlns = 0, nattrs = 0;
+  int set_xmlns = 0, nattrs = 0, has_xml = 0;
   const XML_Char **a;
   if (s->failed) return;
   if (s->depth > 0 && s->nchunks > 0) {
@@ -501,7 +529,13 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
     }
   }
   /* Brisk's own limits: stock has none, its names are reused. */
-  for (a = atts; *a; a += 2) nattrs++;
+  for (a = atts; *a; a += 2) {
+    nattrs++;
+    /* any attribute in the XML namespace (see push_attrs) */
+    if (a[0][0] == 'h' && strncmp(a[0], XML_NS, XML_NS_LEN) == 0 &&
+        a[0][XML_NS_LEN] == NS_SEP)
+      has_xml = 1;
+  }
   if (nattrs > s->limits.max_attributes) {
     if (report(s, "parse-error", "resource-constraint", "Too many attributes"))
       stop_parser(s, p);
@@ -512,7 +546,7 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
       stop_parser(s, p);
     return;
   }
-  push_attrs(s, p, atts, nattrs, ns, nslen, set_xmlns);
+  push_attrs(s, p, atts, nattrs, has_xml, ns, nslen, set_xmlns);
   if (s->depth == 0) {
     int notopen;
     s->stanza_size = XML_GetCurrentByteCount(p);
