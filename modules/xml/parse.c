@@ -301,9 +301,21 @@ static void progress(Stream *s, lua_Integer n) {
 ** "urn:xmpp:...:0" and "...:1"). 2048 slots keep conflict misses rare for
 ** the few hundred distinct names of real traffic.
 */
-static uint64_t load_le(const char *p, size_t n) {
+/* The first (or, from end, last) min(len, 8) bytes of str as a number. */
+static uint64_t head8(const char *str, size_t len) {
   uint64_t v = 0;
-  memcpy(&v, p, n);
+  if (len >= 8) {
+    memcpy(&v, str, 8);   /* a constant size: one load */
+  } else {
+    size_t i;
+    for (i = 0; i < len; i++) v = (v << 8) | (unsigned char)str[i];
+  }
+  return v;
+}
+
+static uint64_t tail8(const char *str, size_t len) {
+  uint64_t v = 0;
+  if (len >= 8) memcpy(&v, str + len - 8, 8);
   return v;
 }
 
@@ -311,10 +323,9 @@ static void push_name(Stream *s, const char *str, size_t len) {
   lua_State *L = s->L;
   if (len > 0 && len <= NAME_CACHE_MAXLEN) {
     NameCache *c = s->cache;
-    size_t n = len < 8 ? len : 8;
-    uint64_t h = load_le(str, n) * 0x9E3779B97F4A7C15u;
+    uint64_t h = head8(str, len) * 0x9E3779B97F4A7C15u;
     unsigned slot;
-    h ^= load_le(str + len - n, n) * 0xC2B2AE3D27D4EB4Fu;
+    h ^= tail8(str, len) * 0xC2B2AE3D27D4EB4Fu;
     h ^= (uint64_t)len << 32;
     h ^= h >> 29;
     h *= 0xBF58476D1CE4E5B9u;
@@ -482,7 +493,7 @@ static void make_stanza(Stream *s, const char *name, size_t namelen) {
   lua_rawset(L, -3);
   lua_pushvalue(L, SLOT_MT(s));
   lua_setmetatable(L, -2);
-  lua_remove(L, -2); /* the attr table */
+  lua_replace(L, -2); /* over the attr table, which the stanza holds */
 }
 
 static int is_stanza_name(const char *name, size_t len) {
