@@ -51,6 +51,17 @@ enum {
   UV_COUNT = UV_CACHE
 };
 
+/*
+** What the parser counts for each open element: its entries (children and
+** text runs, stanza[1..items]), how many of them are elements, and whether
+** its tags table is the real one already (see finish_tags): from its end
+** on, or from its start for an element that can be seen before it ends.
+*/
+typedef struct Level {
+  lua_Integer items, kids;
+  int built;
+} Level;
+
 typedef struct Limits {
   lua_Integer max_depth, max_attributes;
 } Limits;
@@ -71,6 +82,9 @@ typedef struct Stream {
   char *text;
   size_t textlen, textcap;
   size_t nchunks;
+  /* per open element (index = depth): see finish_tags */
+  struct Level *levels;
+  size_t levelcap;
   /* stream configuration, copied from stream_callbacks at creation */
   const char *stream_tag;       /* NULL: can never match */
   const char *error_tag;
@@ -259,6 +273,7 @@ static void flush_text(Stream *s) {
   if (s->nchunks == 0) return;
   lua_pushlstring(L, s->text, s->textlen);
   lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  s->levels[s->depth].items++;
   s->textlen = 0;
   s->nchunks = 0;
 }
@@ -279,6 +294,30 @@ static void add_text(Stream *s, const char *data, size_t len) {
   memcpy(s->text + s->textlen, data, len);
   s->textlen += len;
   s->nchunks++;
+}
+
+/*
+** Make room for the counters of depth d and reset them (a new element).
+** Depth has no limit by default (as in stock), so the array grows as
+** needed; it is owned by the stream and freed by __gc.
+*/
+static void open_level(Stream *s, int d) {
+  if ((size_t)d >= s->levelcap) {
+    size_t cap = s->levelcap ? s->levelcap : 16;
+    Level *n;
+    while (cap <= (size_t)d) {
+      if (cap > ((size_t)-1) / (2 * sizeof(Level)))
+        luaL_error(s->L, "brisk.xml: nesting too deep");
+      cap *= 2;
+    }
+    n = (Level *)realloc(s->levels, cap * sizeof(Level));
+    if (n == NULL) luaL_error(s->L, "brisk.xml: not enough memory");
+    s->levels = n;
+    s->levelcap = cap;
+  }
+  s->levels[d].items = 0;
+  s->levels[d].kids = 0;
+  s->levels[d].built = 0;
 }
 
 static void progress(Stream *s, lua_Integer n) {
@@ -477,9 +516,11 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
 
 /*
 ** Push a new stanza { name = name, attr = <top>, tags = {} } in place of
-** attr: the same constructor, field order and metatable as stock's.
+** attr: the same constructor, field order and metatable as stock's, with
+** tags built at the element's end when "deferred" (see finish_tags).
 */
-static void make_stanza(Stream *s, const char *name, size_t namelen) {
+static void make_stanza(Stream *s, const char *name, size_t namelen,
+                        int deferred) {
   lua_State *L = s->L;
   lua_createtable(L, 0, 3);
   lua_pushvalue(L, KEY_NAME(s));
@@ -488,12 +529,61 @@ static void make_stanza(Stream *s, const char *name, size_t namelen) {
   lua_pushvalue(L, KEY_ATTR(s));
   lua_pushvalue(L, -3);
   lua_rawset(L, -3);
+  /* tags: when deferred, a placeholder for now, replaced by finish_tags
+  ** when the element ends (the key is in place, so the stanza's layout is
+  ** stock's either way) */
   lua_pushvalue(L, KEY_TAGS(s));
-  lua_createtable(L, 0, 0);
+  if (deferred) lua_pushboolean(L, 0);
+  else lua_createtable(L, 0, 0);
   lua_rawset(L, -3);
   lua_pushvalue(L, SLOT_MT(s));
   lua_setmetatable(L, -2);
   lua_replace(L, -2); /* over the attr table, which the stanza holds */
+}
+
+/*
+** Build the tags table of the element on the top, now that it has ended:
+** stock appends each child element to it as the child starts (t_insert:
+** "#tags", then tags[n + 1] = child), so the table grows through resizes
+** at 1, 2, 3, 5, 9, ... children to pow2ceil(k) array slots and no nodes.
+** The last resize, at child j0, leaves the array at its final size and its
+** size hint at that size; a table created at that size and given children
+** 1..j0 is in that very state, and from there the remaining appends are
+** replayed as stock does them, "#tags" included (it moves the size hint,
+** which "#" on a table with holes answers from). The children are read back
+** from the element's entries, which does not touch its state: every read
+** key is below the size hint or in the hash part (spec/xml_parse_layout).
+**
+** This is only done where nobody can look at the element before it ends.
+** Normally nobody can: a stanza is handed out complete. But when
+** handlestanza raises, stock keeps the stanza open and goes on adding
+** children to the stanza the callback has seen, and those children (and
+** theirs) are visible while they are built; they get their tags table at
+** their start and their children appended as stock appends them.
+*/
+static void finish_tags(Stream *s, Level *lv) {
+  lua_State *L = s->L;
+  lua_Integer k = lv->kids, i, m = 0, a = 1, j0;
+  lv->built = 1;
+  lua_pushvalue(L, KEY_TAGS(s));
+  if (k == 0) {
+    lua_createtable(L, 0, 0);
+    lua_rawset(L, -3);
+    return;
+  }
+  while (a < k) a *= 2;               /* pow2ceil(k) */
+  j0 = k <= 2 ? k : a / 2 + 1;        /* the last resize */
+  if (a > INT_MAX) luaL_error(L, "brisk.xml: too many children");
+  lua_createtable(L, (int)a, 0);
+  for (i = 1; i <= lv->items && m < k; i++) {
+    if (lua_rawgeti(L, -3, i) == LUA_TTABLE) {
+      if (++m > j0) lua_rawlen(L, -2);
+      lua_rawseti(L, -2, m);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_rawset(L, -3);
 }
 
 static int is_stanza_name(const char *name, size_t len) {
@@ -593,22 +683,36 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
         return;
       }
     }
-    make_stanza(s, name, namelen);
+    open_level(s, 1);
+    make_stanza(s, name, namelen, 1);
     lua_rawseti(L, SLOT_STACK(s), 1);
     s->depth = 1;
     s->has_quota = s->has_max_elements;
     s->quota = s->max_elements;
   } else {
+    Level *lv;
     s->stanza_size += XML_GetCurrentByteCount(p);
-    make_stanza(s, name, namelen);
+    open_level(s, s->depth + 1);
+    lv = &s->levels[s->depth];
+    /* visible from the start when its parent is (see finish_tags) */
+    s->levels[s->depth + 1].built = lv->built;
+    make_stanza(s, name, namelen, !lv->built);
     lua_rawgeti(L, SLOT_STACK(s), s->depth);   /* the parent */
     lua_pushvalue(L, -2);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-    lua_pushvalue(L, KEY_TAGS(s));
-    lua_rawget(L, -2);
-    lua_pushvalue(L, -3);
-    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-    lua_pop(L, 2);                             /* tags, parent */
+    lv->items++;
+    if (!lv->built) {
+      lv->kids++;                              /* tags: see finish_tags */
+      lua_pop(L, 1);
+    } else {
+      /* the parent's tags table is real (it ended already but was not
+      ** closed, or it is visible): append as stock does */
+      lua_pushvalue(L, KEY_TAGS(s));
+      lua_rawget(L, -2);
+      lua_pushvalue(L, -3);
+      lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+      lua_pop(L, 2);                           /* tags, parent */
+    }
     lua_rawseti(L, SLOT_STACK(s), ++s->depth);
   }
 }
@@ -623,6 +727,7 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
   if (s->depth > 0) {
     push_current(s);
     flush_text(s);
+    if (!s->levels[s->depth].built) finish_tags(s, &s->levels[s->depth]);
     if (s->depth == 1) {
       progress(s, s->stanza_size);
       s->stanza_size = 0;
@@ -786,6 +891,9 @@ static int stream_gc(lua_State *L) {
   s->cur = s->active = NULL;
   free(s->text);
   s->text = NULL;
+  free(s->levels);
+  s->levels = NULL;
+  s->levelcap = 0;
   s->textcap = s->textlen = 0;
   return 0;
 }
