@@ -756,6 +756,12 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
       lua_pushnil(L);
       lua_rawseti(L, SLOT_STACK(s), 1);
       s->depth = 0;
+      /* after a deeply nested stanza, give its counters back */
+      if (s->levelcap > 1024) {
+        free(s->levels);
+        s->levels = NULL;
+        s->levelcap = 0;
+      }
     } else {
       lua_pop(L, 1);
       lua_pushnil(L);
