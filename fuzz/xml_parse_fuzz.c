@@ -10,7 +10,9 @@
 **
 ** Input layout: byte 0 selects the callback profile, the stanza size limit,
 ** whether a valid stream header is prepended and whether the stream is
-** reset after <auth/> (as mod_c2s does after SASL); byte 1 seeds the chunk
+** reset after <auth/> (as mod_c2s does after SASL) and whether handlestanza
+** raises at the first or second stanza (stock then keeps building on that
+** stanza, which the comparison at the end sees); byte 1 seeds the chunk
 ** sizes; the rest is the stream. Brisk's own limits (nesting depth and
 ** attribute count, which stock lacks) end the comparison when they trip.
 */
@@ -54,7 +56,7 @@ static const char script[] =
   "  return kb == nil\n"
   "end\n"
   "local function run(new, chunks, o)\n"
-  "  local trace, stream = {}, nil\n"
+  "  local trace, stream, nst = {}, nil, 0\n"
   "  local session = { notopen = true }\n"
   "  local cbs = {}\n"
   "  for k, v in pairs(o.profile) do cbs[k] = v end\n"
@@ -62,6 +64,8 @@ static const char script[] =
   "  function cbs.streamclosed(s) trace[#trace+1] = { 'close' } end\n"
   "  function cbs.handlestanza(s, st)\n"
   "    trace[#trace+1] = { 'stanza', st }\n"
+  "    nst = nst + 1\n"
+  "    if nst == o.raise_at then error('raised', 0) end\n"
   "    if o.reset and st.name == 'auth' then s.notopen = true; stream:reset() end\n"
   "  end\n"
   "  function cbs.error(s, e, a, b) trace[#trace+1] = { 'error', e, a, b } end\n"
@@ -76,7 +80,7 @@ static const char script[] =
   "  if #data < 2 then return end\n"
   "  local b0, b1 = data:byte(1, 2)\n"
   "  local o = { profile = profiles[b0 % 6 + 1], limit = limits[(b0 // 6) % 4 + 1] or nil,\n"
-  "              reset = (b0 // 24) % 2 == 1 }\n"
+  "              reset = (b0 // 24) % 2 == 1, raise_at = b0 // 96 }\n"
   "  local body = data:sub(3)\n"
   "  if (b0 // 48) % 2 == 1 then body = header .. body end\n"
   "  local chunks, pos, seed = {}, 1, b1\n"

@@ -15,6 +15,7 @@
 ** released by __gc, so a Lua error can never leak it.
 */
 #include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,9 +47,20 @@ enum {
   UV_STANZA_MT,
   UV_LIMIT,        /* stanza_size_limit, any Lua value (compared like stock) */
   UV_PENDING,      /* the error a callback raised during the current parse */
-  UV_CACHE,        /* the string cache shared by all streams (see push_name) */
+  UV_CACHE,        /* the NameCache userdata shared by all streams (push_name) */
   UV_COUNT = UV_CACHE
 };
+
+/*
+** What the parser counts for each open element: its entries (children and
+** text runs, stanza[1..items]), how many of them are elements, and whether
+** its tags table is the real one already (see finish_tags): from its end
+** on, or from its start for an element that can be seen before it ends.
+*/
+typedef struct Level {
+  lua_Integer items, kids;
+  int built;
+} Level;
 
 typedef struct Limits {
   lua_Integer max_depth, max_attributes;
@@ -70,6 +82,9 @@ typedef struct Stream {
   char *text;
   size_t textlen, textcap;
   size_t nchunks;
+  /* per open element (index = depth): see finish_tags */
+  struct Level *levels;
+  size_t levelcap;
   /* stream configuration, copied from stream_callbacks at creation */
   const char *stream_tag;       /* NULL: can never match */
   const char *error_tag;
@@ -78,6 +93,7 @@ typedef struct Stream {
   int has_streamopened, has_streamclosed;
   int base;             /* first of the fixed stack slots below, during a parse */
   Limits limits;
+  struct NameCache *cache;  /* kept alive by UV_CACHE */
 } Stream;
 
 /*
@@ -94,9 +110,19 @@ typedef struct Stream {
 #define SLOT_CACHE(s) ((s)->base + 6)
 
 /* Slots of the string cache, a power of two, and the longest string kept. */
-#define NAME_CACHE_SIZE 512
-#define NAME_CACHE_MAXLEN 48
+#define NAME_CACHE_SIZE 2048
+#define NAME_CACHE_MAXLEN 64
 #define SHORT_VALUE_MAXLEN 12
+
+/*
+** The string cache (see push_name): slot i's Lua string is element i+1 of
+** the cache userdata's user value (a table, which keeps it alive), and the
+** C side keeps its bytes and length, so a lookup compares memory without
+** going through the Lua API; only a hit pushes the string.
+*/
+typedef struct NameCache {
+  struct { const char *str; size_t len; } slot[NAME_CACHE_SIZE];
+} NameCache;
 
 static const char *const STREAM_TYPE = "brisk.xml.stream";
 
@@ -247,6 +273,7 @@ static void flush_text(Stream *s) {
   if (s->nchunks == 0) return;
   lua_pushlstring(L, s->text, s->textlen);
   lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  s->levels[s->depth].items++;
   s->textlen = 0;
   s->nchunks = 0;
 }
@@ -269,6 +296,30 @@ static void add_text(Stream *s, const char *data, size_t len) {
   s->nchunks++;
 }
 
+/*
+** Make room for the counters of depth d and reset them (a new element).
+** Depth has no limit by default (as in stock), so the array grows as
+** needed; it is owned by the stream and freed by __gc.
+*/
+static void open_level(Stream *s, int d) {
+  if ((size_t)d >= s->levelcap) {
+    size_t cap = s->levelcap ? s->levelcap : 16;
+    Level *n;
+    while (cap <= (size_t)d) {
+      if (cap > ((size_t)-1) / (2 * sizeof(Level)))
+        luaL_error(s->L, "brisk.xml: nesting too deep");
+      cap *= 2;
+    }
+    n = (Level *)realloc(s->levels, cap * sizeof(Level));
+    if (n == NULL) luaL_error(s->L, "brisk.xml: not enough memory");
+    s->levels = n;
+    s->levelcap = cap;
+  }
+  s->levels[d].items = 0;
+  s->levels[d].kids = 0;
+  s->levels[d].built = 0;
+}
+
 static void progress(Stream *s, lua_Integer n) {
   s->outstanding -= n;
 }
@@ -279,34 +330,53 @@ static void progress(Stream *s, lua_Integer n) {
 
 /*
 ** Push the string str[0..len), for element names, attribute names and
-** namespaces: the same few strings over and over. A small cache (shared by
-** all streams of this Lua state: strings are immutable, and which copy of an
-** equal string a table holds cannot be observed) answers most of them with
-** one array read and a memcmp, cheaper than hashing and interning the string
+** namespaces: the same few strings over and over. A cache (shared by all
+** streams of this Lua state: strings are immutable, and which copy of an
+** equal string a table holds cannot be observed) answers most of them with a
+** memcmp and one array read, cheaper than hashing and interning the string
 ** again (Lua does not intern strings longer than 40 bytes at all: each push
-** would allocate). The slot is picked from the length and a few bytes.
+** would allocate). It is direct-mapped; the slot comes from the length and
+** the first and last bytes (up to 8 of each, which tells apart names like
+** "urn:xmpp:...:0" and "...:1"). 2048 slots keep conflict misses rare for
+** the few hundred distinct names of real traffic.
 */
+/* The first (or, from end, last) min(len, 8) bytes of str as a number. */
+static uint64_t head8(const char *str, size_t len) {
+  uint64_t v = 0;
+  if (len >= 8) {
+    memcpy(&v, str, 8);   /* a constant size: one load */
+  } else {
+    size_t i;
+    for (i = 0; i < len; i++) v = (v << 8) | (unsigned char)str[i];
+  }
+  return v;
+}
+
+static uint64_t tail8(const char *str, size_t len) {
+  uint64_t v = 0;
+  if (len >= 8) memcpy(&v, str + len - 8, 8);
+  return v;
+}
+
 static void push_name(Stream *s, const char *str, size_t len) {
   lua_State *L = s->L;
   if (len > 0 && len <= NAME_CACHE_MAXLEN) {
-    unsigned h = (unsigned)len * 0x9E3779B1u;
-    lua_Integer slot;
-    const char *c;
-    size_t clen;
-    h ^= (unsigned char)str[0] | ((unsigned)(unsigned char)str[len - 1] << 8) |
-         ((unsigned)(unsigned char)str[len / 2] << 16);
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    slot = (lua_Integer)(h & (NAME_CACHE_SIZE - 1)) + 1;
-    if (lua_rawgeti(L, SLOT_CACHE(s), slot) == LUA_TSTRING) {
-      c = lua_tolstring(L, -1, &clen);
-      if (clen == len && memcmp(c, str, len) == 0) return;
+    NameCache *c = s->cache;
+    uint64_t h = head8(str, len) * 0x9E3779B97F4A7C15u;
+    unsigned slot;
+    h ^= tail8(str, len) * 0xC2B2AE3D27D4EB4Fu;
+    h ^= (uint64_t)len << 32;
+    h ^= h >> 29;
+    h *= 0xBF58476D1CE4E5B9u;
+    slot = (unsigned)(h >> 40) & (NAME_CACHE_SIZE - 1);
+    if (c->slot[slot].len == len && memcmp(c->slot[slot].str, str, len) == 0) {
+      lua_rawgeti(L, SLOT_CACHE(s), (lua_Integer)slot + 1);
+      return;
     }
-    lua_pop(L, 1);
-    lua_pushlstring(L, str, len);
+    c->slot[slot].str = lua_pushlstring(L, str, len);
+    c->slot[slot].len = len;
     lua_pushvalue(L, -1);
-    lua_rawseti(L, SLOT_CACHE(s), slot);
+    lua_rawseti(L, SLOT_CACHE(s), (lua_Integer)slot + 1);
     return;
   }
   lua_pushlstring(L, str, len);
@@ -339,7 +409,8 @@ static const char *xml_attr_name(const char *k, size_t klen) {
 ** slots, as in stock.
 */
 static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
-                       const char *ns, size_t nslen, int set_xmlns) {
+                       lua_Integer nattrs, int has_xml, const char *ns,
+                       size_t nslen, int set_xmlns) {
   lua_State *L = s->L;
   const XML_Char **a;
   size_t vlen;
@@ -358,14 +429,44 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
   ** share one among 2 nodes, they cannot among 4. From 5 keys on the order
   ** does matter (the differential specs catch an (8, 8) start at once), so
   ** later resizes are replayed as they are.
+  **
+  ** Two more starts skip the resize that stock's xmlns store causes in the
+  ** commonest elements (a payload in its own namespace, with no or one
+  ** attribute). With no attributes, stock's xmlns store grows the empty
+  ** table to 1 node; with one, it grows the full (1, 1) table to 1 array
+  ** slot (t[1] is still set) and 2 nodes, reinserting k1 into the fresh
+  ** nodes before xmlns. A table created at that size sees the same inserts
+  ** into the same fresh nodes in the same order: the same state. (With two
+  ** or more keys the reinsert follows node order, which may differ from
+  ** insertion order, so those resizes are replayed.)
   */
-  if (lastspec >= 3) lua_createtable(L, 4, 4);
+  /*
+  ** Whether stock's positional entries t[1..lastspec] can leave a trace.
+  ** They are written, counted by "#attr" and cleared again; when all of
+  ** them sit in the array part (lastspec <= 4 with the starts above) and no
+  ** resize happens while they are set (every string key finds a free node:
+  ** lastspec 1, 2 and 4 without xmlns, lastspec 1 with xmlns in its 2-node
+  ** start, lastspec 3 with or without it; no defaulted attributes; no
+  ** attribute in the XML namespace, whose renaming inserts keys inside
+  ** stock's clearing loop), writing and clearing them only touches array
+  ** slots, which end as empty as they started, and a resize, the only
+  ** thing that counts them, never sees them. What remains is the effect of
+  ** "#attr" on the array's size hint: none for lastspec 1, 2 and 4 (the
+  ** array is full, the hint stays the size), and for 3 of 4 slots the hint
+  ** drops to 3, which is reproduced below by setting t[3] alone around the
+  ** length. Otherwise the entries are replayed as stock writes them.
+  */
+  int positional = has_xml || nattrs != lastspec || lastspec > 4 ||
+                   (set_xmlns && lastspec != 1 && lastspec != 3);
+  if (set_xmlns && nattrs == lastspec && lastspec <= 1)
+    lua_createtable(L, (int)lastspec, (int)lastspec + 1);
+  else if (lastspec >= 3) lua_createtable(L, 4, 4);
   else if (lastspec == 2) lua_createtable(L, 2, 2);
   else if (lastspec == 1) lua_createtable(L, 1, 1);
   else lua_createtable(L, 0, 0);
   for (a = atts; *a; a += 2) {
     push_name(s, a[0], strlen(a[0]));
-    if (i <= lastspec) {
+    if (positional && i <= lastspec) {
       lua_pushvalue(L, -1);
       lua_rawseti(L, -3, i++);
     }
@@ -380,6 +481,16 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
     lua_pushvalue(L, KEY_XMLNS(s));
     push_name(s, ns, nslen);
     lua_rawset(L, -3);
+  }
+  if (!positional) {
+    if (lastspec == 3) {
+      lua_pushboolean(L, 1);
+      lua_rawseti(L, -2, 3);
+      lua_rawlen(L, -1);
+      lua_pushnil(L);
+      lua_rawseti(L, -2, 3);
+    }
+    return;
   }
   /* Stock's "#attr": keys 1..lastspec are present and lastspec+1 is not, so
   ** it is lastspec, but the length operator may also lower the array-size
@@ -405,9 +516,11 @@ static void push_attrs(Stream *s, XML_Parser p, const XML_Char **atts,
 
 /*
 ** Push a new stanza { name = name, attr = <top>, tags = {} } in place of
-** attr: the same constructor, field order and metatable as stock's.
+** attr: the same constructor, field order and metatable as stock's, with
+** tags built at the element's end when "deferred" (see finish_tags).
 */
-static void make_stanza(Stream *s, const char *name, size_t namelen) {
+static void make_stanza(Stream *s, const char *name, size_t namelen,
+                        int deferred) {
   lua_State *L = s->L;
   lua_createtable(L, 0, 3);
   lua_pushvalue(L, KEY_NAME(s));
@@ -416,12 +529,61 @@ static void make_stanza(Stream *s, const char *name, size_t namelen) {
   lua_pushvalue(L, KEY_ATTR(s));
   lua_pushvalue(L, -3);
   lua_rawset(L, -3);
+  /* tags: when deferred, a placeholder for now, replaced by finish_tags
+  ** when the element ends (the key is in place, so the stanza's layout is
+  ** stock's either way) */
   lua_pushvalue(L, KEY_TAGS(s));
-  lua_createtable(L, 0, 0);
+  if (deferred) lua_pushboolean(L, 0);
+  else lua_createtable(L, 0, 0);
   lua_rawset(L, -3);
   lua_pushvalue(L, SLOT_MT(s));
   lua_setmetatable(L, -2);
-  lua_remove(L, -2); /* the attr table */
+  lua_replace(L, -2); /* over the attr table, which the stanza holds */
+}
+
+/*
+** Build the tags table of the element on the top, now that it has ended:
+** stock appends each child element to it as the child starts (t_insert:
+** "#tags", then tags[n + 1] = child), so the table grows through resizes
+** at 1, 2, 3, 5, 9, ... children to pow2ceil(k) array slots and no nodes.
+** The last resize, at child j0, leaves the array at its final size and its
+** size hint at that size; a table created at that size and given children
+** 1..j0 is in that very state, and from there the remaining appends are
+** replayed as stock does them, "#tags" included (it moves the size hint,
+** which "#" on a table with holes answers from). The children are read back
+** from the element's entries, which does not touch its state: every read
+** key is below the size hint or in the hash part (spec/xml_parse_layout).
+**
+** This is only done where nobody can look at the element before it ends.
+** Normally nobody can: a stanza is handed out complete. But when
+** handlestanza raises, stock keeps the stanza open and goes on adding
+** children to the stanza the callback has seen, and those children (and
+** theirs) are visible while they are built; they get their tags table at
+** their start and their children appended as stock appends them.
+*/
+static void finish_tags(Stream *s, Level *lv) {
+  lua_State *L = s->L;
+  lua_Integer k = lv->kids, i, m = 0, a = 1, j0;
+  lv->built = 1;
+  lua_pushvalue(L, KEY_TAGS(s));
+  if (k == 0) {
+    lua_createtable(L, 0, 0);
+    lua_rawset(L, -3);
+    return;
+  }
+  while (a < k) a *= 2;               /* pow2ceil(k) */
+  j0 = k <= 2 ? k : a / 2 + 1;        /* the last resize */
+  if (a > INT_MAX) luaL_error(L, "brisk.xml: too many children");
+  lua_createtable(L, (int)a, 0);
+  for (i = 1; i <= lv->items && m < k; i++) {
+    if (lua_rawgeti(L, -3, i) == LUA_TTABLE) {
+      if (++m > j0) lua_rawlen(L, -2);
+      lua_rawseti(L, -2, m);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_rawset(L, -3);
 }
 
 static int is_stanza_name(const char *name, size_t len) {
@@ -436,7 +598,7 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
   lua_State *L = s->L;
   const char *sep, *ns, *name;
   size_t nslen, namelen;
-  int set_xmlns = 0, nattrs = 0;
+  int set_xmlns = 0, nattrs = 0, has_xml = 0;
   const XML_Char **a;
   if (s->failed) return;
   if (s->depth > 0 && s->nchunks > 0) {
@@ -468,7 +630,13 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
     }
   }
   /* Brisk's own limits: stock has none, its names are reused. */
-  for (a = atts; *a; a += 2) nattrs++;
+  for (a = atts; *a; a += 2) {
+    nattrs++;
+    /* any attribute in the XML namespace (see push_attrs) */
+    if (a[0][0] == 'h' && strncmp(a[0], XML_NS, XML_NS_LEN) == 0 &&
+        a[0][XML_NS_LEN] == NS_SEP)
+      has_xml = 1;
+  }
   if (nattrs > s->limits.max_attributes) {
     if (report(s, "parse-error", "resource-constraint", "Too many attributes"))
       stop_parser(s, p);
@@ -479,7 +647,7 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
       stop_parser(s, p);
     return;
   }
-  push_attrs(s, p, atts, ns, nslen, set_xmlns);
+  push_attrs(s, p, atts, nattrs, has_xml, ns, nslen, set_xmlns);
   if (s->depth == 0) {
     int notopen;
     s->stanza_size = XML_GetCurrentByteCount(p);
@@ -515,22 +683,36 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
         return;
       }
     }
-    make_stanza(s, name, namelen);
+    open_level(s, 1);
+    make_stanza(s, name, namelen, 1);
     lua_rawseti(L, SLOT_STACK(s), 1);
     s->depth = 1;
     s->has_quota = s->has_max_elements;
     s->quota = s->max_elements;
   } else {
+    Level *lv;
     s->stanza_size += XML_GetCurrentByteCount(p);
-    make_stanza(s, name, namelen);
+    open_level(s, s->depth + 1);
+    lv = &s->levels[s->depth];
+    /* visible from the start when its parent is (see finish_tags) */
+    s->levels[s->depth + 1].built = lv->built;
+    make_stanza(s, name, namelen, !lv->built);
     lua_rawgeti(L, SLOT_STACK(s), s->depth);   /* the parent */
     lua_pushvalue(L, -2);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-    lua_pushvalue(L, KEY_TAGS(s));
-    lua_rawget(L, -2);
-    lua_pushvalue(L, -3);
-    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-    lua_pop(L, 2);                             /* tags, parent */
+    lv->items++;
+    if (!lv->built) {
+      lv->kids++;                              /* tags: see finish_tags */
+      lua_pop(L, 1);
+    } else {
+      /* the parent's tags table is real (it ended already but was not
+      ** closed, or it is visible): append as stock does */
+      lua_pushvalue(L, KEY_TAGS(s));
+      lua_rawget(L, -2);
+      lua_pushvalue(L, -3);
+      lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+      lua_pop(L, 2);                           /* tags, parent */
+    }
     lua_rawseti(L, SLOT_STACK(s), ++s->depth);
   }
 }
@@ -545,6 +727,7 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
   if (s->depth > 0) {
     push_current(s);
     flush_text(s);
+    if (!s->levels[s->depth].built) finish_tags(s, &s->levels[s->depth]);
     if (s->depth == 1) {
       progress(s, s->stanza_size);
       s->stanza_size = 0;
@@ -573,6 +756,12 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
       lua_pushnil(L);
       lua_rawseti(L, SLOT_STACK(s), 1);
       s->depth = 0;
+      /* after a deeply nested stanza, give its counters back */
+      if (s->levelcap > 1024) {
+        free(s->levels);
+        s->levels = NULL;
+        s->levelcap = 0;
+      }
     } else {
       lua_pop(L, 1);
       lua_pushnil(L);
@@ -708,6 +897,9 @@ static int stream_gc(lua_State *L) {
   s->cur = s->active = NULL;
   free(s->text);
   s->text = NULL;
+  free(s->levels);
+  s->levels = NULL;
+  s->levelcap = 0;
   s->textcap = s->textlen = 0;
   return 0;
 }
@@ -732,6 +924,8 @@ static int parse_protected(lua_State *L) {
   lua_pushliteral(L, "tags");
   lua_pushliteral(L, "xmlns");
   lua_getiuservalue(L, 1, UV_CACHE);
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);
   s->base = 4;
   s->L = L;
   s->ud = 1;
@@ -981,7 +1175,7 @@ static const char *keep_string(lua_State *L, int t, int slot) {
 
 /*
 ** Upvalue 1: the Limits userdata. Upvalue 2: stock util.xmppstream.new or
-** nil. Upvalue 3: the string cache table.
+** nil. Upvalue 3: the string cache (a NameCache userdata).
 */
 static int l_new(lua_State *L) {
   Limits *lim = (Limits *)lua_touserdata(L, lua_upvalueindex(1));
@@ -1067,6 +1261,7 @@ static int l_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_STANZA_MT);
   lua_newtable(L);
   lua_setiuservalue(L, ud, UV_STACK);
+  s->cache = (NameCache *)lua_touserdata(L, lua_upvalueindex(3));
   lua_pushvalue(L, lua_upvalueindex(3));
   lua_setiuservalue(L, ud, UV_CACHE);
 
@@ -1229,7 +1424,11 @@ void brisk_xml_open_parser(lua_State *L, int mod) {
   /* stack: lim, stock new (or nil) */
   lua_pushvalue(L, -2);
   lua_pushvalue(L, -2);
+  /* the string cache: zeroed slots (length 0 never matches a lookup) and
+  ** the table holding their strings */
+  memset(lua_newuserdatauv(L, sizeof(NameCache), 1), 0, sizeof(NameCache));
   lua_createtable(L, NAME_CACHE_SIZE, 0);
+  lua_setiuservalue(L, -2, 1);
   lua_pushcclosure(L, l_new, 3);
   lua_setfield(L, mod, "new");
   lua_pop(L, 1);
