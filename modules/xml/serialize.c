@@ -415,6 +415,29 @@ static inline int has_sep(const char *k, size_t kl) {
 }
 
 /*
+** Write " k='v'" with v escaped. One reservation covers it all unless v
+** needs escaping. Inlined into the walk, where it runs for every attribute.
+*/
+static inline __attribute__((always_inline)) void
+out_attr(lua_State *L, Out *o, const char *k, size_t kl, const char *v, size_t vl) {
+  size_t i;
+  char *w = out_reserve(L, o, kl + vl + 5);
+  *w++ = ' ';
+  w = put(w, k, kl);
+  *w++ = '=';
+  *w++ = '\'';
+  if ((i = next_special(v, 0, vl)) == vl) {
+    w = put(w, v, vl);
+    *w++ = '\'';
+    o->n = (size_t)(w - o->p);
+  } else {
+    o->n = (size_t)(w - o->p);
+    out_escaped_slow(L, o, v, vl, i);
+    out_char(L, o, '\'');
+  }
+}
+
+/*
 ** Write a namespaced attribute k ("ns\1name", value at vi) as stock does:
 ** " xmlns:nsN='ns' nsN:name='value'". Returns 0 when stock must handle it.
 ** Rare, so kept out of write_attrs' loop.
@@ -471,8 +494,7 @@ attrs_inline(lua_State *L, Out *o, int attr, const Level *parent,
   lua_pushnil(L);
   while (lua_next(L, attr)) {
     const char *k, *v;
-    char *w;
-    size_t kl, vl, i;
+    size_t kl, vl;
     int kt = lua_type(L, ki);
     if (kt == LUA_TSTRING) {
       k = lua_tolstring(L, ki, &kl);
@@ -516,21 +538,7 @@ attrs_inline(lua_State *L, Out *o, int attr, const Level *parent,
        gsub would; anything but a string or number is stock's error. */
     if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
   write:
-    /* One reservation covers " k='v'" unless v needs escaping. */
-    w = out_reserve(L, o, kl + vl + 5);
-    *w++ = ' ';
-    w = put(w, k, kl);
-    *w++ = '=';
-    *w++ = '\'';
-    if ((i = next_special(v, 0, vl)) == vl) {
-      w = put(w, v, vl);
-      *w++ = '\'';
-      o->n = (size_t)(w - o->p);
-    } else {
-      o->n = (size_t)(w - o->p);
-      out_escaped_slow(L, o, v, vl, i);
-      out_char(L, o, '\'');
-    }
+    out_attr(L, o, k, kl, v, vl);
     lua_settop(L, ki); /* keep the key for lua_next */
   }
   return 1;
@@ -846,8 +854,7 @@ static int tt_write(lua_State *L, Out *o, int first, const char **kp,
   for (i = 0; i < n; i++) {
     int j = order[i], vi = first + 2 * j + 1;
     const char *k = kp[j], *v;
-    size_t kn = kl[j], vl, at;
-    char *w;
+    size_t kn = kl[j], vl;
     if (has_sep(k, kn)) {
       if (!write_ns_attr(L, o, k, kn, vi, ++nsid)) return 0;
       continue;
@@ -855,20 +862,7 @@ static int tt_write(lua_State *L, Out *o, int first, const char **kp,
     /* At the top, xmlns is compared with stock's nil parentns: it is an
        ordinary attribute. Numbers are converted in our own slot. */
     if ((v = lua_tolstring(L, vi, &vl)) == NULL) return 0;
-    w = out_reserve(L, o, kn + vl + 5);
-    *w++ = ' ';
-    w = put(w, k, kn);
-    *w++ = '=';
-    *w++ = '\'';
-    if ((at = next_special(v, 0, vl)) == vl) {
-      w = put(w, v, vl);
-      *w++ = '\'';
-      o->n = (size_t)(w - o->p);
-    } else {
-      o->n = (size_t)(w - o->p);
-      out_escaped_slow(L, o, v, vl, at);
-      out_char(L, o, '\'');
-    }
+    out_attr(L, o, k, kn, v, vl);
   }
   return 1;
 }
