@@ -43,33 +43,70 @@ install: all
 	install -m 644 $(SOS) $(INST_LIBDIR)/brisk/
 	cd lualib && find . -name '*.lua' -exec install -D -m 644 {} $(INST_LUADIR)/{} \;
 
-# Shell exports so that a plain lua5.4 finds brisk.* (C), the Lua glue and
-# Debian's Prosody libraries:  eval "$(make -s env)"
+# Which Prosody the specs, `make run` and the benchmarks use: Debian 12's
+# system 0.12 (the default while Debian 12 is the base), or 13, unpacked
+# from bookworm-backports into build/prosody-13/ by scripts/deps.sh.
+# make test runs both versions unless PROSODY names one.
+ifeq ($(origin PROSODY),undefined)
+PROSODY_VERSIONS := 0.12 13
+else
+PROSODY_VERSIONS := $(PROSODY)
+endif
+PROSODY ?= 0.12
 ROOT := $(abspath .)
+PROSODY13_DIR := $(ROOT)/build/prosody-13
+ifeq ($(PROSODY),0.12)
+PROSODY_LIB := /usr/lib/prosody
+PROSODY_BIN := /usr/bin
+else ifeq ($(PROSODY),13)
+PROSODY_LIB := $(PROSODY13_DIR)/root/usr/lib/prosody
+PROSODY_BIN := $(PROSODY13_DIR)/bin
+else
+$(error PROSODY must be 0.12 or 13, not '$(PROSODY)')
+endif
+
+# Shell exports so that a plain lua5.4 finds brisk.* (C), the Lua glue and
+# the chosen Prosody's libraries, and so that prosody/prosodyctl are that
+# Prosody's:  eval "$(make -s env)"  or  eval "$(make -s env PROSODY=13)".
+# Prosody 13's libraries also answer to prosody.* names once its loader.lua
+# is loaded (spec/helpers/init.lua does that).
 env:
-	@echo 'export LUA_PATH="$(ROOT)/lualib/?.lua;$(ROOT)/lualib/?/init.lua;$(ROOT)/?.lua;/usr/lib/prosody/?.lua;/usr/share/lua/$(LUA_VERSION)/?.lua;/usr/share/lua/$(LUA_VERSION)/?/init.lua;;"'
-	@echo 'export LUA_CPATH="$(ROOT)/$(BUILD)/?.so;/usr/lib/prosody/?.so;/usr/lib/x86_64-linux-gnu/lua/$(LUA_VERSION)/?.so;;"'
+	@echo 'export LUA_PATH="$(ROOT)/lualib/?.lua;$(ROOT)/lualib/?/init.lua;$(ROOT)/?.lua;$(PROSODY_LIB)/?.lua;/usr/share/lua/$(LUA_VERSION)/?.lua;/usr/share/lua/$(LUA_VERSION)/?/init.lua;;"'
+	@echo 'export LUA_CPATH="$(ROOT)/$(BUILD)/?.so;$(PROSODY_LIB)/?.so;/usr/lib/x86_64-linux-gnu/lua/$(LUA_VERSION)/?.so;;"'
+	@echo 'export BRISK_PROSODY="$(PROSODY)" BRISK_PROSODY_LIB="$(PROSODY_LIB)" BRISK_PROSODY_BIN="$(PROSODY_BIN)"'
+	@$(if $(filter 13,$(PROSODY)),echo 'export PATH="$(PROSODY_BIN):$$PATH"',true)
 
 # Debian packages the build, the specs and the benchmarks need; installed
 # only when missing, so a developer's machine is left alone.
 deps:
 	@scripts/deps.sh
 
-# Everything CI runs: specs against the normal build, the same specs under
-# ASan/UBSan, a short bounded pass of every fuzz target, then one total line.
+# Everything CI runs, on both Prosody versions (or the one PROSODY names): the specs against the normal
+# build, Prosody's own specs (spec/upstream/) against stock and Brisk, the
+# same again against an ASan/UBSan build, a short bounded pass of every fuzz
+# target, then one total line. A failing pass does not stop the later ones:
+# the total says what failed, and its exit status is the verdict.
 test: deps
 	@mkdir -p build && rm -f build/test-results
 	@$(MAKE) --no-print-directory all
-	@BRISK_RESULTS=build/test-results scripts/run-specs.sh $(BUILD)
-	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory test-asan
-	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory fuzz-quick
+	@for v in $(PROSODY_VERSIONS); do \
+	    PROSODY=$$v BRISK_RESULTS=build/test-results scripts/run-specs.sh $(BUILD); \
+	    PROSODY=$$v BRISK_RESULTS=build/test-results scripts/run-upstream-specs.sh $(BUILD); \
+	done; true
+	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory test-asan || true
+	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory fuzz-quick || true
+	@cat build/test-results
 	@awk '{p += $$2; f += $$3} END {printf "total: %d passed, %d failed\n", p, f; exit f > 0}' build/test-results
 
-# The same specs against shared objects built with ASan and UBSan.
+# The same specs, on both Prosody versions, against shared objects built with
+# ASan and UBSan.
 test-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
-	@BRISK_ASAN=1 scripts/run-specs.sh build/asan
+	@status=0; for v in $(PROSODY_VERSIONS); do \
+	    PROSODY=$$v BRISK_ASAN=1 scripts/run-specs.sh build/asan || status=1; \
+	    PROSODY=$$v BRISK_ASAN=1 scripts/run-upstream-specs.sh build/asan || status=1; \
+	done; exit $$status
 
 run: deps all
 	@scripts/run-server.sh
@@ -83,8 +120,8 @@ clean:
 
 help:
 	@echo "make            build every brisk.* shared object into $(BUILD)/"
-	@echo "make run        start a real Prosody on loopback with every Brisk module"
-	@echo "make test       install what is missing, build, run every spec (also under ASan/UBSan)"
+	@echo "make run        start a real Prosody on loopback with every Brisk module (PROSODY=13 for 13)"
+	@echo "make test       install what is missing, build, run every spec on Prosody 0.12 and 13 (also under ASan/UBSan)"
 	@echo "make test-asan  the specs alone, against sanitizer builds"
 	@echo "make bench      stock vs Brisk benchmarks; make bench-quick for a short look"
 	@echo "make fuzz       libFuzzer targets for a longer bounded time"

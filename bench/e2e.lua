@@ -445,7 +445,7 @@ p();
 p(("Prosody %s on 127.0.0.1, `internal_hashed` auth (10000 PBKDF2 iterations), no TLS, mod_limits off, "
 	.. "driven by `build/bench/loadgen` (one epoll process, real SASL PLAIN, bind, session, initial presence). "
 	.. "Brisk configuration: the same plus %s.")
-	:format(sh("cat /usr/lib/prosody/prosody.version 2>/dev/null"):match("[^\n]+") or "?",
+	:format(sh("cat " .. (os.getenv("BRISK_PROSODY_LIB") or "/usr/lib/prosody") .. "/prosody.version 2>/dev/null"):match("[^\n]+") or "?",
 		#enabled > 0 and table.concat(enabled, ", ") or "no Brisk module yet (both runs are stock; the ratios show run-to-run noise)"));
 p();
 p(("Scenarios: **ping-pong** %d clients in pairs, %d messages in flight, %g s; **presence** %d devices + 1 controller "

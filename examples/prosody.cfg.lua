@@ -8,6 +8,10 @@
 -- To use it for your own server, replace the ENV_* lookups with fixed paths
 -- and keep the Brisk lines (marked "Brisk:").
 
+-- Prosody 13 wants Lua's own functions reached through `Lua` (and warns
+-- otherwise); 0.12 has no `Lua` but lets them be used directly.
+local tonumber = Lua and Lua.tonumber or tonumber
+
 local root = ENV_BRISK_ROOT or "."
 local run_dir = ENV_BRISK_RUN_DIR or (root .. "/run")
 

@@ -2,7 +2,7 @@
 ** xml_parse_fuzz.c — libFuzzer target for brisk.xml's stream parser.
 **
 ** Differential: every input is fed, in chunks, both to brisk.xml.new and to
-** stock util.xmppstream.new (Prosody's, from /usr/lib/prosody, on LuaExpat)
+** stock util.xmppstream.new (Prosody 0.12's or 13's, see fuzz_lua.h; on LuaExpat)
 ** in one Lua state, and everything the callbacks see, every feed() result
 ** and every raised error must be the same; a difference aborts. So the
 ** fuzzer finds semantic differences as well as crashes, leaks and undefined

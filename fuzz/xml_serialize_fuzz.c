@@ -6,7 +6,7 @@
 ** namespaced attributes, xmlns equal to the parent's or not, and the odd
 ** shapes other modules can leave: numbers, booleans, plain tables, holes,
 ** removed children, a missing attr table, deep chains). The tree is then
-** serialized by stock util.stanza (Prosody's, from /usr/lib/prosody) and by
+** serialized by stock util.stanza (Prosody 0.12's or 13's, see fuzz_lua.h) and by
 ** brisk.xml, with __tostring and top_tag; results, or error messages, must
 ** be identical, else the target aborts. So the fuzzer finds differences as
 ** well as crashes, leaks and undefined behaviour under ASan/UBSan.

@@ -9,11 +9,7 @@
 -- (iot_hook_scripts) and to the rules of iot_rules, whose actions are
 -- signed webhooks, messages, PubSub publishes and log lines.
 
-local function try(name)
-	local ok, m = pcall(require, "prosody." .. name);
-	if ok then return m; end
-	return require(name);
-end
+local try = require "brisk.prosody".lib;
 
 local st = try "util.stanza";
 local jid_util = try "util.jid";
@@ -456,8 +452,14 @@ while engine:pop() do end
 
 -- Listing: prosodyctl shell and HTTP ----------------------------------------------
 
+-- The devices whose JID matches pattern (all without one), at most limit
+-- of them, and the engine's stats; nil and a message for a bad pattern.
 local function list_devices(pattern, limit)
-	local g = pattern and assert(presence.glob(pattern)) or nil;
+	local g, err;
+	if pattern then
+		g, err = presence.glob(pattern);
+		if not g then return nil, ("bad pattern '%s': %s"):format(pattern, err); end
+	end
 	local out = {};
 	local s = engine:stats();
 	for i = 1, s.devices do
@@ -470,6 +472,9 @@ local function list_devices(pattern, limit)
 	return out, s;
 end
 
+-- prosodyctl shell: iot:devices(), iot:stats() (mod_brisk_iot_shell, global)
+-- list what each host registers here.
+module:depends("brisk_iot_shell");
 local registry = module:shared("/*/brisk_iot/hosts");
 registry[host] = {
 	list = list_devices;
@@ -487,54 +492,6 @@ function module.unload()
 	registry[host] = nil;
 end
 
-local function format_device(d, now)
-	return ("%-40s %-8s %8.0fs%s%s"):format(d.jid, d.state, now - d.since,
-		d.flapping and " flapping" or "",
-		d.show_class and d.show_class ~= "" and (" " .. d.show_class) or "");
-end
-
--- prosodyctl shell: iot:devices([host], [pattern], [limit]), iot:stats([host])
-local console_env = module:shared("/*/admin_shell/env");
-console_env.iot = console_env.iot or {};
-function console_env.iot:devices(h, pattern, limit)
-	local print = self.session.print;
-	local count = 0;
-	local now = time_now();
-	for hname, api in pairs(registry) do
-		if not h or h == hname then
-			local list = api.list(pattern, limit or 1000);
-			for _, d in ipairs(list) do print(format_device(d, now)); count = count + 1; end
-		end
-	end
-	return true, ("%d device(s)"):format(count);
-end
-function console_env.iot:stats(h)
-	local print = self.session.print;
-	for hname, api in pairs(registry) do
-		if not h or h == hname then
-			local s = api.stats();
-			print(("%s: %d devices, %d online, %d offline, %d unknown, %d timers, %d bytes; webhooks sent %d, failed %d, dropped %d, retried %d, queued %d; hook errors %d")
-				:format(hname, s.devices, s.online, s.offline, s.unknown, s.timers, s.memory,
-				s.webhook.sent, s.webhook.failed, s.webhook.dropped, s.webhook.retried, s.webhook.queued, s.hook_errors));
-		end
-	end
-	return true;
-end
-
--- Prosody 13 registers shell commands as items (0.12 ignores them).
-module:add_item("shell-command", {
-	section = "iot"; section_desc = "IoT devices (mod_brisk_iot)";
-	name = "devices"; desc = "List devices and their state";
-	args = { { name = "host", type = "string" }, { name = "pattern", type = "string" }, { name = "limit", type = "number" } };
-	handler = console_env.iot.devices;
-});
-module:add_item("shell-command", {
-	section = "iot"; section_desc = "IoT devices (mod_brisk_iot)";
-	name = "stats"; desc = "Device counts, engine memory and webhook counters";
-	args = { { name = "host", type = "string" } };
-	handler = console_env.iot.stats;
-});
-
 -- HTTP JSON listing (off unless iot_http_listing = true; with
 -- iot_http_token set, requests must carry "Authorization: Bearer <token>").
 if http_listing then
@@ -550,8 +507,8 @@ if http_listing then
 				end
 				local pattern = request.url.query and request.url.query:match("match=([^&]+)");
 				if pattern then pattern = pattern:gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end); end
-				if pattern and not presence.glob(pattern) then return 400; end
 				local list, s = list_devices(pattern, nil);
+				if not list then return 400; end
 				response.headers.content_type = "application/json";
 				return json.encode({ host = host, devices = list, total = s.devices, online = s.online, offline = s.offline });
 			end;

@@ -11,14 +11,9 @@ module:set_global();
 
 local brisk_xml = require "brisk.loader".require("brisk.xml", module.path);
 
-local function try_require(name)
-	local ok, lib = pcall(require, "prosody." .. name);
-	if ok then return lib; end
-	return require(name);
-end
-
-local modulemanager = try_require("core.modulemanager");
-local xmppstream = try_require("util.xmppstream");
+local prosody_lib = require "brisk.prosody".lib;
+local modulemanager = prosody_lib "core.modulemanager";
+local xmppstream = prosody_lib "util.xmppstream";
 
 local parse = module:get_option_boolean("brisk_xml_parse", true);
 local serialize = module:get_option_boolean("brisk_xml_serialize", true);

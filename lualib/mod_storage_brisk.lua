@@ -27,7 +27,7 @@ local function option(name, default)
 	return module:get_option(name, default);
 end
 
-local resolve_relative_path = dbs.prosody_require "util.paths".resolve_relative_path;
+local resolve_relative_path = require "brisk.prosody".lib "util.paths".resolve_relative_path;
 local path = resolve_relative_path(prosody.paths.data or ".",
 	migrator_conf and migrator_conf.path or module:get_option_string("brisk_storage_path", "brisk.sqlite"));
 local synchronous = tostring(option("brisk_storage_synchronous", "full")):lower();

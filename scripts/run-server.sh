@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make run: start Debian's Prosody in the foreground on loopback with
+# make run: start Prosody (Debian's 0.12, or 13 with PROSODY=13: the Makefile
+# passes it to make env) in the foreground on loopback with
 # examples/prosody.cfg.lua and every Brisk module, creating the run folder and
 # two demo accounts on first start. Ctrl-C stops it cleanly.
 #
@@ -32,11 +33,11 @@ fi
 # Two demo accounts, created once (prosodyctl exits non-zero if the user exists).
 for user in alice bob; do
     if [ ! -e "$BRISK_RUN_DIR/data/localhost/accounts/$user.dat" ]; then
-        prosodyctl --config "$config" register "$user" localhost "$user" >/dev/null
+        "$BRISK_PROSODY_BIN/prosodyctl" --config "$config" register "$user" localhost "$user" >/dev/null
     fi
 done
 
-echo "Brisk: Prosody on 127.0.0.1:$BRISK_C2S_PORT with Brisk modules; data in $BRISK_RUN_DIR"
+echo "Brisk: Prosody $BRISK_PROSODY on 127.0.0.1:$BRISK_C2S_PORT with Brisk modules; data in $BRISK_RUN_DIR"
 echo "Brisk: log in as alice@localhost (password alice) or bob@localhost (password bob)"
 echo "Brisk: with any XMPP client; plain SASL without TLS is allowed on loopback only. Ctrl-C stops."
-exec prosody --config "$config" -F
+exec "$BRISK_PROSODY_BIN/prosody" --config "$config" -F

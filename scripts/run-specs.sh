@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every busted spec under Lua 5.4 against the shared objects in the build
-# folder given as $1 (build/ or build/asan/), then prints one closing line
-# "N passed, N failed" and exits non-zero on any failure or error.
+# folder given as $1 (build/ or build/asan/) and the Prosody that PROSODY
+# names (0.12, the default, or 13: its libraries in process, its servers for
+# the live specs), then prints one closing line "N passed, N failed" and
+# exits non-zero on any failure or error.
 #
 # With BRISK_ASAN=1 the sanitizer runtime is preloaded into lua5.4 and every
 # prosody process the specs start, since the interpreters themselves are not
@@ -10,6 +12,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
 eval "$(make -s env BUILD="$build")"
+version=$BRISK_PROSODY
 
 preload=
 if [ "${BRISK_ASAN:-}" = 1 ]; then
@@ -20,9 +23,9 @@ if [ "${BRISK_ASAN:-}" = 1 ]; then
     # states; leaks in Brisk's own C code are checked by the fuzz and soak runs.
     export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:strict_string_checks=1:detect_stack_use_after_return=0"
     export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-    label="asan"
+    label="asan-$version"
 else
-    label="plain"
+    label="plain-$version"
 fi
 
 # SPECS="spec/foo_*_spec.lua" runs a subset.

@@ -29,7 +29,7 @@ make --no-print-directory BUILD=build/asan OPT="-O1 -g -fno-omit-frame-pointer" 
     SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
 eval "$(make -s env BUILD=build/asan)"
 # util.encodings stays mapped at exit (see spec/reliability_soak_spec.lua).
-preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so):/usr/lib/prosody/util/encodings.so"
+preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so):$BRISK_PROSODY_LIB/util/encodings.so"
 start=$(date +%s)
 if out=$(LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 \
         UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 lua5.4 soak/lsan_workload.lua "$rounds" 2>&1) \

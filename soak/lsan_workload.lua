@@ -15,6 +15,9 @@
 -- The script ends by closing its Lua state (os.exit(true, true)), so that
 -- everything still allocated at exit is a real leak.
 
+-- Prosody 13's libraries need its loader first (see spec/helpers/init.lua).
+if os.getenv("BRISK_PROSODY") == "13" then require "loader"; end
+
 local rounds = tonumber(arg[1]) or 200;
 local done = {};
 

@@ -65,6 +65,13 @@ local function exercise(run)
 		return run.out():match("Shutdown complete") ~= nil;
 	end, 20), "Ctrl-C did not stop it:\n" .. run.out());
 	assert.falsy(run.out():match("\terror\t"), run.out());
+	-- No warnings either (Prosody 13 warns about deprecated config syntax
+	-- and refused shell commands), but for the one about Ctrl-C itself.
+	for line in run.out():gmatch("[^\n]+") do
+		if line:match("\twarn\t") and not line:match("Received SIGINT") then
+			error("make run logged a warning: " .. line .. "\n" .. run.out());
+		end
+	end
 	assert.truthy(run.out():match("brisk_xml"), "mod_brisk_xml not loaded:\n" .. run.out());
 end
 

@@ -317,6 +317,24 @@ describe("mod_brisk_iot on a live server", function ()
 		assert.matches("flapping", srv:log_text());
 	end);
 
+	it("has its shell commands registered, in both shell syntaxes on Prosody 13", function ()
+		assert.not_matches("Ignoring command", srv:log_text());
+		local out = tostring(srv:prosodyctl("shell", "iot:stats()"));
+		assert.matches("localhost: %d+ devices, %d+ online", out);
+		assert.matches("1 host%(s%)", out);
+		out = tostring(srv:prosodyctl("shell", "iot:devices('nosuchhost')"));
+		assert.matches("mod_brisk_iot is not loaded on nosuchhost", out);
+		if srv.version == "13" then
+			-- 13's command-line form and its help know the section.
+			out = tostring(srv:prosodyctl("shell", "iot", "devices", "localhost", "freezer-*@localhost"));
+			assert.matches("freezer%-1@localhost%s+offline", out);
+			assert.not_matches("flappy", out);
+			out = tostring(srv:prosodyctl("shell", "help iot"));
+			assert.matches("iot devices", out);
+			assert.matches("iot stats", out);
+		end
+	end);
+
 	it("publishes to PubSub", function ()
 		local c = srv:connect("sensor-1", "pw", "ps");
 		c:send(st.presence():text_tag("status", "to pubsub"));

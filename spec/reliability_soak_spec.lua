@@ -237,7 +237,7 @@ describe("soak (" .. SECONDS .. " s, Brisk modules: " .. H.describe_modules(mods
 		-- cannot unmap ICU while its static caches still point at memory
 		-- (LSan would report them; with the library kept mapped they are
 		-- reachable, as they are in a running server).
-		local preload = os.getenv("BRISK_ASAN_PRELOAD") .. ":/usr/lib/prosody/util/encodings.so";
+		local preload = os.getenv("BRISK_ASAN_PRELOAD") .. ":" .. prosody.lib() .. "/util/encodings.so";
 		local cmd = ("env LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 lua5.4 %s %d 2>&1")
 			:format(prosody.shell_quote(preload), prosody.shell_quote(prosody.root .. "/soak/lsan_workload.lua"),
 				tonumber(os.getenv("BRISK_LSAN_ROUNDS")) or 300);

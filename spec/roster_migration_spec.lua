@@ -73,7 +73,7 @@ local function migrate(config_text)
 	-- first, as the servers do (spec/helpers/init.lua).
 	local preload = os.getenv("BRISK_ASAN_PRELOAD");
 	local env = (preload and preload ~= "") and ("env LD_PRELOAD='"..preload.."' ") or "";
-	local cmd = ("%slua5.4 -l brisk.storage_migrator /usr/bin/prosody-migrator --config %s input output 2>&1"):format(env, cfg);
+	local cmd = ("%slua5.4 -l brisk.storage_migrator %s --config %s input output 2>&1"):format(env, helper.bin("prosody-migrator"), cfg);
 	local f = assert(io.popen(cmd));
 	local out = f:read("a");
 	local ok = f:close();

@@ -8,16 +8,11 @@ local M = {};
 
 local open_dbs = {}; -- path -> { db, refs, options fingerprint }
 
-local function prosody_require(name)
-	local ok, lib = pcall(require, "prosody."..name);
-	if ok then return lib; end
-	return require(name);
-end
-M.prosody_require = prosody_require;
+local prosody_lib = require "brisk.prosody".lib;
 
 -- What must match for two hosts to share one connection (the key only as a hash).
 local function fingerprint(opts)
-	local key_id = opts.key and prosody_require "util.hashes".sha256(opts.key, true) or "-";
+	local key_id = opts.key and prosody_lib "util.hashes".sha256(opts.key, true) or "-";
 	return ("%s|%s|%s"):format(opts.synchronous or "full", tostring(opts.busy_timeout), key_id);
 end
 

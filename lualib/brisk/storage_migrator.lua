@@ -1,11 +1,14 @@
--- brisk.storage_migrator — let Debian's prosody-migrator find mod_storage_brisk
+-- brisk.storage_migrator — let Prosody's prosody-migrator find mod_storage_brisk
 -- without copying it into Prosody's plugin folder:
 --
 --   lua5.4 -l brisk.storage_migrator /usr/bin/prosody-migrator --config migrator.cfg.lua input output
 --
--- prosody-migrator reads no Prosody config, so "plugin_paths" cannot help; this
--- adds the folder holding mod_storage_brisk.lua in front of its plugin path,
--- right after the migrator sets that path up.
+-- prosody-migrator reads no Prosody config, so "plugin_paths" cannot help.
+-- Its first statements set the globals CFG_SOURCEDIR, CFG_CONFIGDIR and
+-- CFG_PLUGINDIR; this catches the assignment of CFG_PLUGINDIR and puts the
+-- folder holding mod_storage_brisk.lua in front of it, then steps aside.
+-- Nothing of Prosody is loaded here, so the same line works for Prosody 0.12
+-- and 13 (whose libraries only load after its own loader).
 
 local found = package.searchpath("mod_storage_brisk", package.path);
 if not found then
@@ -13,14 +16,15 @@ if not found then
 end
 local dir = found:gsub("[^/]*$", "");
 
-local ok, startup = pcall(require, "prosody.util.startup");
-if not ok then startup = require "util.startup"; end
-local setup = startup.setup_plugin_install_path;
-startup.setup_plugin_install_path = function (...)
-	setup(...);
-	-- luacheck: ignore 111 113
-	CFG_PLUGINDIR = dir .. package.config:sub(3, 3) .. (CFG_PLUGINDIR or "");
-	prosody.paths.plugins = CFG_PLUGINDIR;
-end
+assert(getmetatable(_G) == nil, "brisk.storage_migrator: load it first, with lua5.4 -l");
+setmetatable(_G, {
+	__newindex = function (g, k, v)
+		if k == "CFG_PLUGINDIR" then
+			setmetatable(g, nil);
+			v = dir .. package.config:sub(3, 3) .. (v or "");
+		end
+		rawset(g, k, v);
+	end;
+});
 
 return true;

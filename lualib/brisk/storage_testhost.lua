@@ -19,8 +19,10 @@ end
 -- hosts: { [hostname] = { storage = "internal"|"sql"|"brisk", <other host options> } }
 -- Returns storagemanager.
 function M.setup(data_path, hosts)
-	-- Plugins are searched where the server would find them, ours first.
-	_G.CFG_PLUGINDIR = lualib_dir()..";/usr/lib/prosody/modules/";
+	-- Plugins are searched where the server would find them, ours first,
+	-- then the modules folder of the Prosody whose core is on package.path.
+	local core = assert(package.searchpath("core.storagemanager", package.path), "Prosody is not on package.path");
+	_G.CFG_PLUGINDIR = lualib_dir()..";"..core:gsub("core/storagemanager%.lua$", "modules/");
 	package.loaded["net.server"] = require "net.server_select";
 	_G.prosody = {
 		core_post_stanza = function () end;

@@ -62,8 +62,14 @@ typedef struct Level {
   int built;
 } Level;
 
+/*
+** Settings for streams created from now on. child_quota says whether the
+** stock parser being replaced has a child quota (set_stanza_size_limit's
+** max_elements): Prosody 0.12's has, 13's dropped it.
+*/
 typedef struct Limits {
   lua_Integer max_depth, max_attributes;
+  int child_quota;
 } Limits;
 
 typedef struct Stream {
@@ -1070,7 +1076,7 @@ static void set_max_elements(lua_State *L, Stream *s, int idx) {
 static int l_set_stanza_size_limit(lua_State *L) {
   Stream *s = check_stream(L, lua_upvalueindex(1));
   lua_settop(L, 3);
-  set_max_elements(L, s, 3);
+  if (s->limits.child_quota) set_max_elements(L, s, 3);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, lua_upvalueindex(1), UV_LIMIT);
   return 0;
@@ -1409,12 +1415,26 @@ void brisk_xml_open_parser(lua_State *L, int mod) {
   lim = (Limits *)lua_newuserdatauv(L, sizeof(Limits), 0);
   lim->max_depth = DEFAULT_MAX_DEPTH;
   lim->max_attributes = DEFAULT_MAX_ATTRIBUTES;
+  lim->child_quota = 1;
   /*
   ** Stock's new, captured now, before install() can replace it: the
   ** fallback for streams Brisk does not serve. new_sax_handlers is stock's.
   */
   if (brisk_require_prosody(L, "util.xmppstream")) {
     lua_getfield(L, -1, "new_sax_handlers");
+    /* Which stock this is: 0.12's handlers come with set_max_elements. */
+    lua_pushvalue(L, -1);
+    lua_newtable(L);
+    lua_newtable(L);
+    if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
+      if (lua_istable(L, -1)) {
+        lim->child_quota = lua_getfield(L, -1, "set_max_elements") != LUA_TNIL;
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 2);
+    } else {
+      lua_pop(L, 1);
+    }
     lua_setfield(L, mod, "new_sax_handlers");
     lua_getfield(L, -1, "new");
     lua_remove(L, -2);

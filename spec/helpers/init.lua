@@ -10,3 +10,11 @@ local preload = os.getenv("BRISK_ASAN_PRELOAD");
 if preload and preload ~= "" then
 	require "util.pposix".setenv("LD_PRELOAD", nil);
 end
+
+-- Prosody 13's libraries require each other as prosody.util.*: its
+-- loader.lua (found through LUA_PATH, see `make env PROSODY=13`) maps those
+-- names to the plain ones, as its prosody executable does before anything
+-- else. Prosody 0.12 has no loader.
+if os.getenv("BRISK_PROSODY") == "13" then
+	require "loader";
+end

@@ -1,8 +1,11 @@
 -- spec/helpers/prosody.lua — start a real Prosody for a spec, and talk to it.
 --
 -- prosody.start{...} writes a config into a fresh temporary folder, starts
--- Debian's Prosody on free loopback ports with it, creates accounts and waits
--- until c2s accepts connections. srv:connect() returns a real XMPP client
+-- a real Prosody on free loopback ports with it, creates accounts and waits
+-- until c2s accepts connections. The Prosody is the one the suite runs
+-- against (`make test PROSODY=13`, BRISK_PROSODY in the environment: Debian's
+-- 0.12, or the 13 that scripts/deps.sh unpacks into build/prosody-13), or
+-- the one a spec names with start{ version = "13" }. srv:connect() returns a real XMPP client
 -- (TCP, stream, SASL PLAIN, resource binding) whose incoming stream is parsed
 -- by stock util.xmppstream. Servers are stopped by srv:stop(), and in any case
 -- when the spec process exits, so a failing spec never leaves one behind.
@@ -28,6 +31,30 @@ local ROOT = os.getenv("BRISK_ROOT") or (function ()
 	return os.getenv("PWD");
 end)();
 M.root = ROOT;
+
+-- The Prosody versions Brisk supports, where `make env` puts them (see the
+-- Makefile's PROSODY switch and scripts/deps.sh).
+local VERSIONS = {
+	["0.12"] = { bin = "/usr/bin", lib = "/usr/lib/prosody" };
+	["13"] = { bin = ROOT .. "/build/prosody-13/bin", lib = ROOT .. "/build/prosody-13/root/usr/lib/prosody" };
+};
+-- The version this spec process runs against: its in-process Prosody
+-- libraries (util.stanza, util.xmppstream...) are that version's.
+M.version = os.getenv("BRISK_PROSODY") or "0.12";
+assert(VERSIONS[M.version], "BRISK_PROSODY must be 0.12 or 13");
+M.versions = { "0.12", "13" };
+
+-- The path of one of Prosody's programs (prosody, prosodyctl,
+-- prosody-migrator) of the given version (default: the suite's).
+function M.bin(name, version)
+	local v = assert(VERSIONS[version or M.version], "unknown Prosody version");
+	return v.bin .. "/" .. name;
+end
+
+-- Prosody's library folder of the given version (default: the suite's).
+function M.lib(version)
+	return assert(VERSIONS[version or M.version], "unknown Prosody version").lib;
+end
 
 local function sh(cmd)
 	local f = assert(io.popen(cmd, "r"));
@@ -196,7 +223,8 @@ function M.config_text(opts)
 end
 
 -- opts: modules, host_modules, config, host_config, accounts, storage,
--- default_storage, host, log_level, plugin_paths, env (table of extra
+-- default_storage, host, log_level, plugin_paths, version ("0.12" or "13";
+-- default: the suite's, M.version), env (table of extra
 -- environment variables for the server process), isolated (the server sees
 -- neither lualib/ nor build/: for installed Brisk), prepare (function(srv)
 -- called after the config is written, before Prosody starts). In config and
@@ -212,6 +240,7 @@ function M.start(opts)
 		port = M.free_port();
 		http_port = M.free_port();
 		opts = opts;
+		version = opts.version or M.version;
 		config_path = dir .. "/prosody.cfg.lua";
 		log_path = dir .. "/prosody.log";
 		stdout_path = dir .. "/stdout.log";
@@ -233,6 +262,15 @@ end
 function server_methods:_env_prefix()
 	-- isolated: the server must not see the checkout's LUA_PATH/LUA_CPATH.
 	local parts = { self.opts.isolated and "env -u LUA_PATH -u LUA_CPATH" or "env" };
+	if not self.opts.isolated and self.version ~= M.version then
+		-- A server of the other version finds Brisk as this process does,
+		-- but not this version's Prosody libraries.
+		local from, to = M.lib():gsub("%p", "%%%0"), M.lib(self.version):gsub("%%", "%%%%");
+		for _, var in ipairs({ "LUA_PATH", "LUA_CPATH" }) do
+			local value = os.getenv(var);
+			if value then parts[#parts + 1] = var .. "=" .. shell_quote((value:gsub(from, to))); end
+		end
+	end
 	-- Under make test-asan, Prosody's lua5.4 needs the sanitizer runtime
 	-- first (see spec/helpers/init.lua).
 	local preload = os.getenv("BRISK_ASAN_PRELOAD");
@@ -245,8 +283,9 @@ end
 
 function server_methods:_launch()
 	os.remove(self.dir .. "/data/ready");
-	local cmd = string.format("cd %s && exec %s prosody --config %s -F >>%s 2>&1 </dev/null & echo $!",
-		shell_quote(self.dir), self:_env_prefix(), shell_quote(self.config_path), shell_quote(self.stdout_path));
+	local cmd = string.format("cd %s && exec %s %s --config %s -F >>%s 2>&1 </dev/null & echo $!",
+		shell_quote(self.dir), self:_env_prefix(), shell_quote(M.bin("prosody", self.version)),
+		shell_quote(self.config_path), shell_quote(self.stdout_path));
 	self.pid = tonumber((sh(cmd)):match("%d+"));
 	assert(self.pid, "could not start prosody");
 	local ok = wait_for(function ()
@@ -303,7 +342,7 @@ function server_methods:errors(ignore)
 end
 
 function server_methods:prosodyctl(...)
-	local args = { "prosodyctl", "--config", shell_quote(self.config_path) };
+	local args = { shell_quote(M.bin("prosodyctl", self.version)), "--config", shell_quote(self.config_path) };
 	for _, a in ipairs({ ... }) do args[#args + 1] = shell_quote(a); end
 	local out, ok = sh(self:_env_prefix() .. " " .. table.concat(args, " ") .. " 2>&1 </dev/null");
 	return out, ok;

@@ -7,12 +7,7 @@
 
 local presence = require "brisk.presence";
 
-local function try(name)
-	local ok, m = pcall(require, "prosody." .. name);
-	if ok then return m; end
-	return require(name);
-end
-local jid_util = try "util.jid";
+local jid_util = require "brisk.prosody".lib "util.jid";
 
 local M = {};
 
