@@ -17,6 +17,7 @@ local sizes = quick and { 10, 100, 1000 } or { 10, 100, 1000, 10000 };
 local budget = quick and 0.15 or 0.4; -- seconds of timing per measurement
 
 local dir = assert(io.popen("mktemp -d /tmp/brisk-bench-roster-XXXXXX")):read("l");
+require "bench.lib.prelude"
 local th = require "brisk.storage_testhost";
 local hosts = {};
 for _, n in ipairs(sizes) do

@@ -11,6 +11,11 @@
 # current latest is itself a quick run, so a quick look never hides the
 # last full report that the README links.
 #
+# The Prosody measured is the one `make env` names (PROSODY=0.12, the
+# default, or PROSODY=13): with 13 every file name gets "-prosody13" before
+# its extension (latest-prosody13.md, ...), so both versions' reports live
+# side by side.
+#
 #   bench/run.sh [--quick] [--no-e2e]
 #
 # Areas whose file does not exist are simply not run; an area that fails or
@@ -31,6 +36,8 @@ cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 eval "$(make -s env)"
 export LUA_PATH LUA_CPATH
+SUFFIX=
+[ "$BRISK_PROSODY" = 13 ] && SUFFIX=-prosody13
 
 # Time limits per area: the quick run must stay under 3 minutes in all, the
 # full run under 20.
@@ -39,6 +46,8 @@ if [ -n "$QUICK" ]; then AREA_LIMIT=35; E2E_LIMIT=100; else AREA_LIMIT=180; E2E_
 DATE=$(date -u +%Y-%m-%d)
 NAME=$DATE
 [ -n "$QUICK" ] && NAME=$DATE-quick
+NAME=$NAME$SUFFIX
+LATEST=latest$SUFFIX
 OUT=bench/results
 mkdir -p "$OUT" build/bench
 WORK=$(mktemp -d /tmp/brisk-benchrun-XXXXXX)
@@ -138,7 +147,7 @@ MODE=full
 [ -n "$QUICK" ] && MODE=quick
 CHART_OK=
 if [ "$NROWS" -gt 0 ]; then
-    if gnuplot -e "datafile='$WORK/chart.dat'; outfile='$OUT/$NAME.png'; nrows=$NROWS; $XR; charttitle='Brisk vs stock Prosody, $DATE ($MODE run)'" bench/chart.gp; then
+    if gnuplot -e "datafile='$WORK/chart.dat'; outfile='$OUT/$NAME.png'; nrows=$NROWS; $XR; charttitle='Brisk vs stock Prosody $BRISK_PROSODY, $DATE ($MODE run)'" bench/chart.gp; then
         CHART_OK=1
     else
         echo "bench: gnuplot failed; no chart" >&2
@@ -147,7 +156,7 @@ fi
 
 # ---- report -----------------------------------------------------------------
 {
-    echo "# Brisk benchmarks, $DATE ($MODE run)"
+    echo "# Brisk benchmarks, $DATE ($MODE run, Prosody $BRISK_PROSODY)"
     echo
     echo "Every figure compares stock Prosody with Brisk measured in the same run on the same machine."
     echo "How to reproduce and what each number means: [docs/benchmarks.md](../../docs/benchmarks.md)."
@@ -159,7 +168,11 @@ fi
     echo "| Memory | $MEM |"
     echo "| Kernel | $(uname -sr) |"
     echo "| OS | $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME") |"
-    echo "| Prosody | $(pkgver prosody) |"
+    if [ "$BRISK_PROSODY" = 13 ]; then
+        echo "| Prosody | $(cat build/prosody-13/version 2>/dev/null || echo "?") (bookworm-backports, unpacked into build/prosody-13) |"
+    else
+        echo "| Prosody | $(pkgver prosody) |"
+    fi
     echo "| Lua | $(pkgver lua5.4) |"
     echo "| libexpat | $(pkgver libexpat1) |"
     echo "| SQLite | $(pkgver libsqlite3-0) |"
@@ -189,10 +202,10 @@ fi
     cat "$WORK/sections.md"
 } > "$OUT/$NAME.md"
 
-if [ -z "$QUICK" ] || [ ! -f "$OUT/latest.md" ] || head -n 1 "$OUT/latest.md" | grep -q "(quick run)"; then
-    cp "$OUT/$NAME.md" "$OUT/latest.md"
+if [ -z "$QUICK" ] || [ ! -f "$OUT/$LATEST.md" ] || head -n 1 "$OUT/$LATEST.md" | grep -q "(quick run"; then
+    cp "$OUT/$NAME.md" "$OUT/$LATEST.md"
     # latest.md links the dated chart; latest.png is the same picture for the README.
-    if [ -n "$CHART_OK" ]; then cp "$OUT/$NAME.png" "$OUT/latest.png"; else rm -f "$OUT/latest.png"; fi
-    echo "bench: latest.md is now this run" >&2
+    if [ -n "$CHART_OK" ]; then cp "$OUT/$NAME.png" "$OUT/$LATEST.png"; else rm -f "$OUT/$LATEST.png"; fi
+    echo "bench: $LATEST.md is now this run" >&2
 fi
 echo "bench: wrote $OUT/$NAME.md${CHART_OK:+ and $OUT/$NAME.png} in $((END - START)) s" >&2

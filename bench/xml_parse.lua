@@ -13,6 +13,7 @@
 -- Usage: eval "$(make -s env)"; lua5.4 bench/xml_parse.lua [--quick]
 -- With env BENCH_TSV=file, rows "area\tlabel\tstock\tbrisk\tunit" are
 -- appended (higher is better for every unit).
+require "bench.lib.prelude"
 local xmppstream = require "util.xmppstream"
 local bx = require "brisk.xml"
 

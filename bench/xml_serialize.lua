@@ -10,6 +10,7 @@
 -- Usage: eval "$(make -s env)"; lua5.4 bench/xml_serialize.lua [--quick]
 -- With env BENCH_TSV=file, rows "area\tlabel\tstock\tbrisk\tunit" are
 -- appended (higher is better for every unit).
+require "bench.lib.prelude"
 local st = require "util.stanza"
 local xmppstream = require "util.xmppstream"
 local bx = require "brisk.xml"
