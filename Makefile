@@ -25,7 +25,7 @@ SOS := $(foreach m,$(MODULES),$(BUILD)/brisk/$(m).so)
 INST_LIBDIR ?= /usr/local/lib/lua/$(LUA_VERSION)
 INST_LUADIR ?= /usr/local/share/lua/$(LUA_VERSION)
 
-.PHONY: all env deps install test test-asan run bench bench-quick fuzz soak clean help
+.PHONY: all env deps install test test-asan check analyze run bench bench-quick fuzz soak clean help
 all: $(SOS)
 
 # One rule per module: every .c in its folder, compiled together into one .so.
@@ -108,6 +108,15 @@ test-asan: deps
 	    PROSODY=$$v BRISK_ASAN=1 scripts/run-upstream-specs.sh build/asan || status=1; \
 	done; exit $$status
 
+# The fast loop (under a minute): unit and differential specs that need no
+# live server, on one Prosody (PROSODY, default 0.12), plain build.
+check: all
+	@scripts/check.sh $(BUILD)
+
+# clang's static analyzer over every C file; any report fails.
+analyze:
+	@scripts/analyze.sh
+
 run: deps all
 	@scripts/run-server.sh
 
@@ -123,6 +132,8 @@ help:
 	@echo "make run        start a real Prosody on loopback with every Brisk module (PROSODY=13 for 13)"
 	@echo "make test       install what is missing, build, run every spec on Prosody 0.12 and 13 (also under ASan/UBSan)"
 	@echo "make test-asan  the specs alone, against sanitizer builds"
+	@echo "make check      unit and differential specs only, one Prosody, in under a minute"
+	@echo "make analyze    clang's static analyzer over every C file"
 	@echo "make bench      stock vs Brisk benchmarks; make bench-quick for a short look"
 	@echo "make fuzz       libFuzzer targets for a longer bounded time"
 	@echo "make soak       live mixed-load soak (SOAK_SECONDS) + LeakSanitizer workload"
