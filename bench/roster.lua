@@ -30,7 +30,7 @@ for _, n in ipairs(sizes) do
 end
 local sm = th.setup(dir, hosts);
 local now = require "util.time".now;
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local drivers = { "internal", "sql", "brisk", "normal" };
 

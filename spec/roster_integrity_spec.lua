@@ -19,7 +19,7 @@ local sm = th.setup(dir, {
 });
 local rm = require "core.rostermanager";
 local um = require "core.usermanager";
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local function sh(cmd)
 	local f = assert(io.popen(cmd.." 2>&1"));

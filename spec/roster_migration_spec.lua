@@ -17,7 +17,7 @@ local sm = th.setup(dir, {
 });
 local st = require "util.stanza";
 local json = require "util.json";
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local stores = { "roster", "accounts", "vcard", "private" };
 

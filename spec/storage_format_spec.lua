@@ -7,7 +7,7 @@
 
 local st = require "util.stanza";
 local data = require "spec.fixtures.storage.data";
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local host = data.host;
 local fixtures = "spec/fixtures/storage";

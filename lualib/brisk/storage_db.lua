@@ -1,8 +1,8 @@
--- brisk.storage_db — one open brisk.roster database per file for the whole
+-- brisk.storage_db — one open brisk.store database per file for the whole
 -- process, shared by every host that loads mod_storage_brisk (each SQLite
 -- connection costs memory and its own statement cache), plus key files.
 
-local roster = require "brisk.roster";
+local store = require "brisk.store";
 
 local M = {};
 
@@ -27,7 +27,7 @@ function M.acquire(path, opts)
 		entry.refs = entry.refs + 1;
 		return entry.db;
 	end
-	local ok, db, err = pcall(roster.open, path, opts);
+	local ok, db, err = pcall(store.open, path, opts);
 	if not ok then return nil, tostring(db); end
 	if not db then return nil, err; end
 	open_dbs[path] = { db = db, refs = 1, fp = fp };

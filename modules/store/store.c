@@ -1,5 +1,5 @@
 /*
-** store.c — brisk.roster: Prosody keyval/map storage in one SQLite database.
+** store.c — brisk.store: Prosody keyval/map storage in one SQLite database.
 **
 ** One row per (host, user, store, key): a roster keeps one row per contact,
 ** so changing one contact rewrites one small row whatever the roster's size.
@@ -20,9 +20,9 @@
 #include <stdio.h>
 #include <sqlite3.h>
 #include <sodium.h>
-#include "roster.h"
+#include "store.h"
 
-#define DB_MT "brisk.roster.db"
+#define DB_MT "brisk.store.db"
 #define SCHEMA_VERSION 1
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 
@@ -69,6 +69,10 @@ static const char schema_sql[] =
   " store INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
   " PRIMARY KEY(host, user, store, key)) WITHOUT ROWID;";
 
+/*
+** Key derivation labels are part of the format (docs/storage-format.md): they
+** keep the module's old name, brisk.roster, so existing databases open.
+*/
 static const char key_check_label[] = "brisk.roster key check v1";
 
 typedef struct rdb {
@@ -121,7 +125,7 @@ static void db_close(rdb *d) {
 
 static rdb *check_db(lua_State *L) {
   rdb *d = (rdb *)luaL_checkudata(L, 1, DB_MT);
-  if (d->db == NULL) luaL_error(L, "brisk.roster: database is closed");
+  if (d->db == NULL) luaL_error(L, "brisk.store: database is closed");
   return d;
 }
 
@@ -1181,7 +1185,7 @@ static int m_close(lua_State *L) {
 
 static int m_tostring(lua_State *L) {
   rdb *d = (rdb *)luaL_checkudata(L, 1, DB_MT);
-  lua_pushfstring(L, "brisk.roster.db (%s)", d->db ? "open" : "closed");
+  lua_pushfstring(L, "brisk.store.db (%s)", d->db ? "open" : "closed");
   return 1;
 }
 
@@ -1269,7 +1273,7 @@ static int setup(lua_State *L, rdb *d) {
   return 0;
 }
 
-/* roster.open(path, { synchronous = "full"|"normal", busy_timeout = ms, key = 32 bytes }) -> db | nil, err */
+/* store.open(path, { synchronous = "full"|"normal", busy_timeout = ms, key = 32 bytes }) -> db | nil, err */
 static int l_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   static const char *const syncs[] = { "full", "normal", NULL };
@@ -1288,14 +1292,14 @@ static int l_open(lua_State *L) {
     lua_pop(L, 1);
     if (lua_getfield(L, 2, "busy_timeout") != LUA_TNIL) {
       if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 86400000)
-        return luaL_error(L, "brisk.roster.open: busy_timeout must be an integer number of milliseconds");
+        return luaL_error(L, "brisk.store.open: busy_timeout must be an integer number of milliseconds");
       busy = (int)lua_tointeger(L, -1);
     }
     lua_pop(L, 1);
     if (lua_getfield(L, 2, "key") != LUA_TNIL) {
       key = lua_tolstring(L, -1, &keylen);
       if (key == NULL || keylen != KEY_BYTES)
-        return luaL_error(L, "brisk.roster.open: key must be a string of %d bytes", (int)KEY_BYTES);
+        return luaL_error(L, "brisk.store.open: key must be a string of %d bytes", (int)KEY_BYTES);
     }
     /* the key string stays referenced by the options table while we copy it */
     lua_pop(L, 1);
@@ -1304,7 +1308,7 @@ static int l_open(lua_State *L) {
   memset(d, 0, sizeof *d);
   luaL_setmetatable(L, DB_MT);
   if (key) {
-    static const char label[] = "brisk.roster row keys v1";
+    static const char label[] = "brisk.roster row keys v1"; /* a format constant, see key_check_label */
     memcpy(d->key, key, KEY_BYTES);
     d->has_key = 1;
     crypto_generichash(d->rowkey, sizeof d->rowkey, (const unsigned char *)label, sizeof label - 1,
@@ -1341,14 +1345,14 @@ static int l_open(lua_State *L) {
 /* ---------------------------------------------------------------- codec entry points */
 
 /*
-** roster.pack(value) / roster.unpack(blob): the general encoding in its plain
+** store.pack(value) / store.unpack(blob): the general encoding in its plain
 ** envelope with an empty row identity; used by tools, the fuzzer and specs.
 */
 /*
 ** A scratch buffer owned by a userdata, so that an error raised while
 ** encoding (out of memory) cannot leak it: the collector frees it.
 */
-#define BUF_MT "brisk.roster.buf"
+#define BUF_MT "brisk.store.buf"
 
 static int buf_gc(lua_State *L) {
   rb_buf_free((rb_buf *)luaL_checkudata(L, 1, BUF_MT));
@@ -1415,7 +1419,7 @@ static int l_unpack(lua_State *L) {
 }
 
 /*
-** roster.decode_raw(kind, payload[, names]): decode a bare payload without
+** store.decode_raw(kind, payload[, names]): decode a bare payload without
 ** envelope (no checksum), exactly as the storage path does after unsealing.
 ** The fuzzer feeds arbitrary bytes through it.
 */
@@ -1444,7 +1448,7 @@ static int l_decode_raw(lua_State *L) {
   return 2;
 }
 
-/* roster.encode_raw(kind, value[, names]): the bare payload ("item" appends new group names). */
+/* store.encode_raw(kind, value[, names]): the bare payload ("item" appends new group names). */
 static int l_encode_raw(lua_State *L) {
   static const char *const kinds[] = { "value", "item", NULL };
   int k = luaL_checkoption(L, 1, NULL, kinds);
@@ -1524,8 +1528,8 @@ static void push_stanza_mt(lua_State *L) {
   }
 }
 
-BRISK_EXPORT int luaopen_brisk_roster(lua_State *L) {
-  if (sodium_init() < 0) return luaL_error(L, "brisk.roster: libsodium failed to initialise");
+BRISK_EXPORT int luaopen_brisk_store(lua_State *L) {
+  if (sodium_init() < 0) return luaL_error(L, "brisk.store: libsodium failed to initialise");
   luaL_newmetatable(L, BUF_MT);
   lua_pushcfunction(L, buf_gc);
   lua_setfield(L, -2, "__gc");

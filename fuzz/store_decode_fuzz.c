@@ -1,5 +1,5 @@
 /*
-** roster_decode_fuzz.c — libFuzzer target for brisk.roster's decoders.
+** store_decode_fuzz.c — libFuzzer target for brisk.store's decoders.
 **
 ** The first input byte picks the decoder (general value, roster contact or
 ** roster metadata row), the rest is the payload, exactly as store.c hands it
@@ -11,7 +11,7 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
-#include "roster.h"
+#include "store.h"
 
 static lua_State *L;
 

@@ -1,11 +1,11 @@
 /*
-** roster.h — what the parts of brisk.roster (codec.c, store.c) share.
+** store.h — what the parts of brisk.store (codec.c, store.c) share.
 **
 ** codec.c turns Lua values into the compact binary payloads described in
 ** docs/storage-format.md and back; store.c keeps them in SQLite.
 */
-#ifndef BRISK_ROSTER_H
-#define BRISK_ROSTER_H
+#ifndef BRISK_STORE_H
+#define BRISK_STORE_H
 
 #include <stdint.h>
 #include "brisk.h"

@@ -10,7 +10,7 @@
 */
 #include <string.h>
 #include <stdlib.h>
-#include "roster.h"
+#include "store.h"
 
 /* Value tags of the general encoding. */
 #define T_FALSE  0
@@ -156,7 +156,7 @@ static const char *enc_body(lua_State *L, rb_buf *b, int idx, int smt, int depth
   uint64_t nhash = 0;
   const char *err = NULL;
   if (depth >= RB_MAX_DEPTH) return "tables nested too deeply (or a cycle)";
-  luaL_checkstack(L, 6, "brisk.roster: nesting");
+  luaL_checkstack(L, 6, "brisk.store: nesting");
   rb_put_varint(b, (uint64_t)narr);
   for (i = 1; i <= narr; i++) {
     lua_rawgeti(L, idx, i);
@@ -192,7 +192,7 @@ static const char *enc_stanza(lua_State *L, rb_buf *b, int idx, int smt, int dep
   size_t len;
   const char *s;
   if (depth >= RB_MAX_DEPTH) return "stanzas nested too deeply (or a cycle)";
-  luaL_checkstack(L, 4, "brisk.roster: nesting");
+  luaL_checkstack(L, 4, "brisk.store: nesting");
   rb_put_byte(b, T_STANZA);
   if (lua_getfield(L, idx, "name") != LUA_TSTRING) { lua_settop(L, top); return "malformed stanza (name is not a string)"; }
   s = lua_tolstring(L, -1, &len);
@@ -333,7 +333,7 @@ int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int name
       return *err ? -1 : RB_KIND_VALUE;
     }
   }
-  luaL_checkstack(L, 6, "brisk.roster: roster item");
+  luaL_checkstack(L, 6, "brisk.store: roster item");
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int f = compact_field(L, -2, -1);
@@ -431,7 +431,7 @@ static const char *dec_body_into(lua_State *L, rb_cur *c, int smt, int depth) {
   uint64_t narr, nhash, i;
   const char *err;
   if (depth >= RB_MAX_DEPTH) return "corrupt data (nested too deeply)";
-  luaL_checkstack(L, 6, "brisk.roster: nesting");
+  luaL_checkstack(L, 6, "brisk.store: nesting");
   if (!rb_get_varint(c, &narr) || narr > left(c)) return "corrupt data (bad array length)";
   for (i = 1; i <= narr; i++) {
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) return err;
@@ -465,7 +465,7 @@ static const char *dec_stanza(lua_State *L, rb_cur *c, int smt, int depth) {
   lua_Integer ntags = 0;
   const char *err;
   if (depth >= RB_MAX_DEPTH) return "corrupt data (nested too deeply)";
-  luaL_checkstack(L, 6, "brisk.roster: nesting");
+  luaL_checkstack(L, 6, "brisk.store: nesting");
   lua_createtable(L, 0, 4);
   t = lua_gettop(L);
   if ((err = dec_str(L, c)) != NULL) goto fail;
@@ -545,7 +545,7 @@ static const char *const item_strings[K_COUNT] = {
 
 int rb_push_item_keys(lua_State *L) {
   int i;
-  luaL_checkstack(L, K_COUNT + 8, "brisk.roster: item keys");
+  luaL_checkstack(L, K_COUNT + 8, "brisk.store: item keys");
   for (i = 0; i < K_COUNT; i++) lua_pushstring(L, item_strings[i]);
   return lua_gettop(L) - K_COUNT + 1;
 }
@@ -560,7 +560,7 @@ const char *rb_decode_item(lua_State *L, rb_cur *c, int smt, int names, int keys
   int t, flags, sub;
   uint64_t ng, i;
   const char *err = NULL;
-  luaL_checkstack(L, 6, "brisk.roster: roster item");
+  luaL_checkstack(L, 6, "brisk.store: roster item");
   if (c->p >= c->end) return "corrupt data (empty roster item)";
   flags = *c->p++;
   sub = flags & F_SUB_MASK;
@@ -616,7 +616,7 @@ const char *rb_decode_meta(lua_State *L, rb_cur *c, int smt) {
   uint64_t n, i;
   int base = lua_gettop(L);
   const char *err;
-  luaL_checkstack(L, 6, "brisk.roster: roster metadata");
+  luaL_checkstack(L, 6, "brisk.store: roster metadata");
   if (!rb_get_varint(c, &n) || n > left(c)) return "corrupt data (bad group name count)";
   lua_createtable(L, (int)n, 0);
   for (i = 1; i <= n; i++) {
