@@ -8,7 +8,7 @@ local write = helper.write_file;
 
 local th = require "brisk.storage_testhost";
 
-local dir = assert(io.popen("mktemp -d /tmp/brisk-roster-mig-XXXXXX")):read("l");
+local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-mig-XXXXXX")):read("l");
 -- The migrator may drop root privileges to Prosody's user.
 os.execute("chmod 0777 '"..dir.."'");
 local sm = th.setup(dir, {

@@ -6,7 +6,7 @@
 
 local th = require "brisk.storage_testhost";
 
-local dir = assert(io.popen("mktemp -d /tmp/brisk-roster-int-XXXXXX")):read("l");
+local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-int-XXXXXX")):read("l");
 local keyhex = ("0123456789abcdef"):rep(4);
 do
 	local f = assert(io.open(dir.."/key.hex", "w"));
