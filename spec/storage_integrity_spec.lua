@@ -4,7 +4,7 @@
 -- at rest keeps plaintext off the disk and a wrong or missing key is a clear
 -- error.
 
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 
 local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-int-XXXXXX")):read("l");
 local keyhex = ("0123456789abcdef"):rep(4);

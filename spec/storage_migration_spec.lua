@@ -6,7 +6,7 @@
 local helper = require "spec.helpers.prosody";
 local write = helper.write_file;
 
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 
 local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-mig-XXXXXX")):read("l");
 -- The migrator may drop root privileges to Prosody's user.

@@ -5,7 +5,7 @@
 -- modulemanager in this process; every result must match, value types
 -- included.
 
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 
 local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-sem-XXXXXX")):read("l");
 do -- encryption key for the encrypted brisk host
