@@ -10,6 +10,11 @@ local data = require "spec.fixtures.storage.data";
 local R = require "brisk.store";
 
 local host = data.host;
+
+-- As brisk.storage_db opens databases: with util.stanza's metatable.
+local function open(path, key)
+	return R.open(path, { key = key, stanza_mt = st.stanza_mt });
+end
 local fixtures = "spec/fixtures/storage";
 local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-format-XXXXXX")):read("l");
 
@@ -88,7 +93,7 @@ describe("storage format 1", function ()
 
 	it("reads a plain database written by an earlier build", function ()
 		local path = copy("v1-plain.sqlite");
-		local db = assert(R.open(path));
+		local db = assert(open(path));
 		local alice, host_level = data.deterministic(st);
 		read_all(db, "alice", alice, "alice");
 		read_all(db, nil, host_level, "host");
@@ -106,7 +111,7 @@ describe("storage format 1", function ()
 
 	it("writes the same bytes again", function ()
 		local path = dir.."/again.sqlite";
-		local db = assert(R.open(path));
+		local db = assert(open(path));
 		local alice, host_level = data.deterministic(st);
 		for store, value in pairs(alice) do assert(db:set(host, "alice", store, store == "roster", value)); end
 		for store, value in pairs(host_level) do assert(db:set(host, nil, store, false, value)); end
@@ -119,13 +124,13 @@ describe("storage format 1", function ()
 
 	it("reads an encrypted database written by an earlier build, rows from before encryption included", function ()
 		local path = copy("v1-encrypted.sqlite");
-		local none, err = R.open(path);
+		local none, err = open(path);
 		assert.is_nil(none);
 		assert.matches("encrypted but no key", err);
-		none, err = R.open(path, { key = ("\1"):rep(32) });
+		none, err = open(path, ("\1"):rep(32));
 		assert.is_nil(none);
 		assert.matches("key does not match", err);
-		local db = assert(R.open(path, { key = data.key }));
+		local db = assert(open(path, data.key));
 		local alice, host_level = data.deterministic(st);
 		local legacy = data.legacy();
 		for jid, item in pairs(legacy.roster) do alice.roster[jid] = item; end

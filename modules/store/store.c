@@ -437,8 +437,14 @@ static const char *decode_extra(lua_State *L, rb_cur *c, int kind, int smt) {
 
 /* ---------------------------------------------------------------- reading */
 
-#define SMT lua_upvalueindex(1)
-#define SMT_IDX (lua_istable(L, SMT) ? SMT : 0)
+/*
+** Push util.stanza's metatable, which the Lua side passed to open() (the
+** database's user value), and return its stack index, or 0 when the
+** database was opened without one (stanzas are then plain tables).
+*/
+static int push_stanza_mt(lua_State *L) {
+  return lua_getiuservalue(L, 1, 1) == LUA_TTABLE ? lua_gettop(L) : 0;
+}
 
 /* Push the error "msg" about key "key" and return 2 (nil, message). */
 static int key_fail(lua_State *L, int base, const char *msg, const char *key, size_t klen) {
@@ -457,7 +463,7 @@ static int key_fail(lua_State *L, int base, const char *msg, const char *key, si
 ** Read the "" row of a scope: pushes names and extras (both empty tables when
 ** the row is absent). Returns NULL or an error (nothing pushed).
 */
-static const char *load_extra(lua_State *L, rdb *d, const scope *sc, int *exists) {
+static const char *load_extra(lua_State *L, rdb *d, const scope *sc, int smt, int *exists) {
   sqlite3_stmt *s = stmt(d, S_ROW);
   int rc, kind;
   rb_cur c;
@@ -470,7 +476,7 @@ static const char *load_extra(lua_State *L, rdb *d, const scope *sc, int *exists
   if (rc == SQLITE_ROW) {
     ctx_key(d, "", 0);
     err = unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
-    if (!err) err = decode_extra(L, &c, kind, SMT_IDX);
+    if (!err) err = decode_extra(L, &c, kind, smt);
     *exists = 1;
   } else if (rc == SQLITE_DONE) {
     lua_newtable(L);
@@ -494,10 +500,11 @@ static int table_empty(lua_State *L, int idx) {
 static int m_get(lua_State *L) {
   rdb *d = check_db(L);
   scope sc;
-  int found, rc, result, names, keys;
+  int found, rc, result, names, keys, smt;
   sqlite3_stmt *s;
   check_scope(L, 2, &sc, 1);
   lua_settop(L, 5);
+  smt = push_stanza_mt(L);
   entry(d);
   if ((rc = resolve(d, &sc, 0, &found)) != SQLITE_OK) return fail(L, d, NULL);
   if (!found) { lua_pushnil(L); return 1; }
@@ -543,7 +550,7 @@ static int m_get(lua_State *L) {
     }
     if (err && as_hash) { key = "<encrypted key>"; klen = strlen(key); }
     if (!err && klen == 0) {
-      if ((err = decode_extra(L, &c, kind, SMT_IDX)) == NULL) {
+      if ((err = decode_extra(L, &c, kind, smt)) == NULL) {
         /* The entries under non-string keys join the result; the names stay for the contacts. */
         lua_pushnil(L);
         while (lua_next(L, -2)) {
@@ -559,7 +566,7 @@ static int m_get(lua_State *L) {
     if (err) { rc = key_fail(L, result - 1, err, key, klen); sqlite3_reset(s); return rc; }
     if (klen == 0) continue;
     lua_pushlstring(L, key, klen);
-    if ((err = decode_exact(L, &c, kind, SMT_IDX, names, keys)) != NULL) {
+    if ((err = decode_exact(L, &c, kind, smt, names, keys)) != NULL) {
       rc = key_fail(L, result - 1, err, key, klen);
       sqlite3_reset(s);
       return rc;
@@ -582,29 +589,30 @@ static int own_row(lua_State *L, int idx) {
 static int m_get_key(lua_State *L) {
   rdb *d = check_db(L);
   scope sc;
-  int found, rc, exists, roster;
+  int found, rc, exists, roster, smt;
   const char *err;
   check_scope(L, 2, &sc, 1);
   roster = lua_toboolean(L, 5);
   luaL_checkany(L, 6);
   lua_settop(L, 6);
+  smt = push_stanza_mt(L); /* at 7 */
   entry(d);
   if ((rc = resolve(d, &sc, 0, &found)) != SQLITE_OK) return fail(L, d, NULL);
   if (!found) { lua_pushnil(L); return 1; }
   ctx_scope(d, &sc, sc.user, sc.ulen);
   if (!own_row(L, 6) || roster) {
     /* Non-string keys live in the "" row; roster contacts need its group names. */
-    if ((err = load_extra(L, d, &sc, &exists)) != NULL) return key_fail(L, 6, err, "", 0);
+    if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) return key_fail(L, 6, err, "", 0);
     if (!own_row(L, 6)) {
       lua_pushvalue(L, 6);
       lua_rawget(L, -2);
       return 1;
     }
-    lua_pop(L, 1); /* keep the names at index 7 */
+    lua_pop(L, 1); /* keep the names at index 8 */
   } else {
     lua_newtable(L);
   }
-  rb_push_item_keys(L); /* at 8 */
+  rb_push_item_keys(L); /* at 9 */
   {
     size_t klen;
     const char *key = lua_tolstring(L, 6, &klen);
@@ -629,7 +637,7 @@ static int m_get_key(lua_State *L) {
         err = take_key(d, &c, d->hk, RB_HASH_LEN, &real, &rlen);
         if (!err && (rlen != klen || memcmp(real, key, klen) != 0)) err = "corrupt data (row key mismatch)";
       }
-      if (!err) err = decode_exact(L, &c, kind, SMT_IDX, 7, 8);
+      if (!err) err = decode_exact(L, &c, kind, smt, 8, 9);
       sqlite3_reset(s);
       if (err) return key_fail(L, 6, err, key, klen);
       return 1;
@@ -643,7 +651,7 @@ static int m_get_key(lua_State *L) {
 static int m_get_all(lua_State *L) {
   rdb *d = check_db(L);
   scope sc;
-  int found, rc, roster, result, keys;
+  int found, rc, roster, result, keys, smt;
   size_t klen;
   const char *key;
   sqlite3_stmt *s;
@@ -651,6 +659,7 @@ static int m_get_all(lua_State *L) {
   roster = lua_toboolean(L, 4);
   key = luaL_checklstring(L, 5, &klen);
   lua_settop(L, 5);
+  smt = push_stanza_mt(L);
   entry(d);
   if ((rc = resolve(d, &sc, 0, &found)) != SQLITE_OK) return fail(L, d, NULL);
   if (!found || klen == 0) { lua_pushnil(L); return 1; }
@@ -676,7 +685,7 @@ static int m_get_all(lua_State *L) {
     ctx_scope(d, &sc, user, ulen);
     if (roster) {
       /* This user's group names: the "" row, read with its own statement. */
-      if ((err = load_extra(L, d, &sc, &exists)) != NULL) { sqlite3_reset(s); return key_fail(L, 5, err, "", 0); }
+      if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) { sqlite3_reset(s); return key_fail(L, 5, err, "", 0); }
       lua_pop(L, 1);
     } else {
       lua_newtable(L);
@@ -694,7 +703,7 @@ static int m_get_all(lua_State *L) {
       err = take_key(d, &c, d->hk, RB_HASH_LEN, &real, &rlen);
     }
     lua_pushlstring(L, user, ulen);
-    if (!err) err = decode_exact(L, &c, kind, SMT_IDX, lua_gettop(L) - 1, keys);
+    if (!err) err = decode_exact(L, &c, kind, smt, lua_gettop(L) - 1, keys);
     if (err) { sqlite3_reset(s); return key_fail(L, 5, err, key, klen); }
     /* As the stock map shim does, users whose value is false are left out. */
     if (lua_toboolean(L, -1)) lua_rawset(L, result);
@@ -769,17 +778,17 @@ static const char *del_row_as(rdb *d, const scope *sc, const char *key, size_t k
 ** may hold from before encryption was turned on (set() has deleted them all).
 */
 static const char *put_row(lua_State *L, rdb *d, const scope *sc, const char *key, size_t klen,
-                           int vidx, int roster, int dict, int names, int legacy) {
+                           int vidx, int roster, int smt, int dict, int names, int legacy) {
   const char *err = NULL;
   int kind, as_hash = hashed(d, klen);
   sqlite3_stmt *s;
   d->buf.n = 0;
   if (as_hash) rb_put_str(&d->buf, key, klen);
   if (roster) {
-    kind = rb_encode_item(L, &d->buf, vidx, SMT_IDX, dict, names, &err);
+    kind = rb_encode_item(L, &d->buf, vidx, smt, dict, names, &err);
     if (kind < 0) return err;
   } else {
-    if ((err = rb_encode_value(L, &d->buf, vidx, SMT_IDX)) != NULL) return err;
+    if ((err = rb_encode_value(L, &d->buf, vidx, smt)) != NULL) return err;
     kind = RB_KIND_VALUE;
   }
   if (as_hash) {
@@ -819,7 +828,7 @@ static const char *del_row(rdb *d, const scope *sc, const char *key, size_t klen
 }
 
 /* Write the "" row from names and extras, or delete it when it would say nothing. */
-static const char *put_extra(lua_State *L, rdb *d, const scope *sc, int roster, int names, int extras) {
+static const char *put_extra(lua_State *L, rdb *d, const scope *sc, int roster, int smt, int names, int extras) {
   const char *err;
   sqlite3_stmt *s;
   int kind;
@@ -836,10 +845,10 @@ static const char *put_extra(lua_State *L, rdb *d, const scope *sc, int roster, 
   }
   d->buf.n = 0;
   if (roster) {
-    err = rb_encode_meta(L, &d->buf, names, extras, SMT_IDX);
+    err = rb_encode_meta(L, &d->buf, names, extras, smt);
     kind = RB_KIND_META;
   } else {
-    err = rb_encode_value(L, &d->buf, extras, SMT_IDX);
+    err = rb_encode_value(L, &d->buf, extras, smt);
     kind = RB_KIND_VALUE;
   }
   if (err) return err;
@@ -881,13 +890,14 @@ static int rkey_hash_cmp(const void *a, const void *b) {
 static int m_set(lua_State *L) {
   rdb *d = check_db(L);
   scope sc;
-  int found, roster, names, dict, extras;
+  int found, roster, smt, names, dict, extras;
   const char *err = NULL;
   sqlite3_stmt *s;
   check_scope(L, 2, &sc, 1);
   roster = lua_toboolean(L, 5);
   if (!lua_isnoneornil(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
   lua_settop(L, 6);
+  smt = push_stanza_mt(L);
   entry(d);
   if (begin(d) != SQLITE_OK) return fail(L, d, NULL);
   if (resolve(d, &sc, 1, &found) != SQLITE_OK) return abort_txn(L, d, NULL);
@@ -928,7 +938,7 @@ static int m_set(lua_State *L) {
       for (i = 0; i < n; i++) {
         lua_pushlstring(L, sorted[i].s, sorted[i].len);
         lua_rawget(L, 6);
-        err = put_row(L, d, &sc, sorted[i].s, sorted[i].len, lua_gettop(L), roster, dict, names, 0);
+        err = put_row(L, d, &sc, sorted[i].s, sorted[i].len, lua_gettop(L), roster, smt, dict, names, 0);
         lua_pop(L, 1);
         if (err) return abort_txn(L, d, err);
       }
@@ -947,7 +957,7 @@ static int m_set(lua_State *L) {
       }
       lua_pop(L, 1);
     }
-    if ((err = put_extra(L, d, &sc, roster, names, extras)) != NULL) return abort_txn(L, d, err);
+    if ((err = put_extra(L, d, &sc, roster, smt, names, extras)) != NULL) return abort_txn(L, d, err);
   }
   if (commit(d) != SQLITE_OK) return abort_txn(L, d, NULL);
   lua_pushboolean(L, 1);
@@ -958,7 +968,7 @@ static int m_set(lua_State *L) {
 static int m_set_keys(lua_State *L) {
   rdb *d = check_db(L);
   scope sc;
-  int found, roster, exists, names, dict, extras, dirty = 0, removed = 0;
+  int found, roster, smt, exists, names, dict, extras, dirty = 0, removed = 0;
   lua_Integer nnames;
   const char *err = NULL;
   check_scope(L, 2, &sc, 1);
@@ -966,6 +976,7 @@ static int m_set_keys(lua_State *L) {
   luaL_checktype(L, 6, LUA_TTABLE);
   luaL_checkany(L, 7);
   lua_settop(L, 7);
+  smt = push_stanza_mt(L); /* at 8 */
   entry(d);
   if (begin(d) != SQLITE_OK) return fail(L, d, NULL);
   if (resolve(d, &sc, 1, &found) != SQLITE_OK) return abort_txn(L, d, NULL);
@@ -979,8 +990,8 @@ static int m_set_keys(lua_State *L) {
     }
   }
   if (roster || dirty) {
-    if ((err = load_extra(L, d, &sc, &exists)) != NULL) {
-      lua_settop(L, 7);
+    if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) {
+      lua_settop(L, 8);
       return abort_txn(L, d, lua_pushfstring(L, "%s (metadata row)", err));
     }
   } else {
@@ -1009,7 +1020,7 @@ static int m_set_keys(lua_State *L) {
       const char *key = lua_tolstring(L, -2, &klen);
       removed |= removing && roster;
       err = removing ? del_row(d, &sc, key, klen)
-                     : put_row(L, d, &sc, key, klen, lua_gettop(L), roster, dict, names, 1);
+                     : put_row(L, d, &sc, key, klen, lua_gettop(L), roster, smt, dict, names, 1);
       if (err) return abort_txn(L, d, err);
     } else if (key_type_ok(L, -2)) {
       lua_pushvalue(L, -2);
@@ -1028,7 +1039,7 @@ static int m_set_keys(lua_State *L) {
   ** the user would still be listed by users() with nothing stored.
   */
   if (dirty || removed || (lua_Integer)lua_rawlen(L, names) != nnames) {
-    if ((err = put_extra(L, d, &sc, roster, names, extras)) != NULL) return abort_txn(L, d, err);
+    if ((err = put_extra(L, d, &sc, roster, smt, names, extras)) != NULL) return abort_txn(L, d, err);
   }
   if (commit(d) != SQLITE_OK) return abort_txn(L, d, NULL);
   lua_pushboolean(L, 1);
@@ -1061,7 +1072,7 @@ static int m_purge(lua_State *L) {
 static int m_delete_all(lua_State *L) {
   rdb *d = check_db(L);
   scope sc;
-  int found, roster, rc;
+  int found, roster, rc, smt;
   size_t klen;
   const char *key;
   sqlite3_stmt *s;
@@ -1069,6 +1080,7 @@ static int m_delete_all(lua_State *L) {
   roster = lua_toboolean(L, 4);
   key = luaL_checklstring(L, 5, &klen);
   lua_settop(L, 5);
+  smt = push_stanza_mt(L); /* at 6 */
   entry(d);
   if (resolve(d, &sc, 0, &found) != SQLITE_OK) return fail(L, d, NULL);
   if (!found || klen == 0) { lua_pushboolean(L, 1); return 1; }
@@ -1098,9 +1110,9 @@ static int m_delete_all(lua_State *L) {
     sqlite3_bind_int64(s, 2, sc.sid);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
       lua_pushinteger(L, sqlite3_column_int64(s, 0));
-      lua_rawseti(L, 6, ++n);
+      lua_rawseti(L, 7, ++n);
       lua_pushlstring(L, (const char *)sqlite3_column_blob(s, 1), (size_t)sqlite3_column_bytes(s, 1));
-      lua_rawseti(L, 6, ++n);
+      lua_rawseti(L, 7, ++n);
     }
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) return abort_txn(L, d, NULL);
@@ -1108,18 +1120,18 @@ static int m_delete_all(lua_State *L) {
       const char *err, *user;
       size_t ulen;
       int exists, empty;
-      lua_rawgeti(L, 6, i);
+      lua_rawgeti(L, 7, i);
       sc.uid = lua_tointeger(L, -1);
-      lua_rawgeti(L, 6, i + 1);
+      lua_rawgeti(L, 7, i + 1);
       user = lua_tolstring(L, -1, &ulen);
       ctx_scope(d, &sc, user, ulen);
-      if ((err = load_extra(L, d, &sc, &exists)) != NULL) {
+      if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) {
         /* A damaged row is left for the admin to see rather than dropped. */
-        lua_settop(L, 6);
+        lua_settop(L, 7);
         continue;
       }
       empty = table_empty(L, lua_gettop(L));
-      lua_settop(L, 6);
+      lua_settop(L, 7);
       if (empty && (err = del_row(d, &sc, "", 0)) != NULL) return abort_txn(L, d, err);
     }
   }
@@ -1273,13 +1285,20 @@ static int setup(lua_State *L, rdb *d) {
   return 0;
 }
 
-/* store.open(path, { synchronous = "full"|"normal", busy_timeout = ms, key = 32 bytes }) -> db | nil, err */
+/*
+** store.open(path, { synchronous = "full"|"normal", busy_timeout = ms,
+**                    key = 32 bytes, stanza_mt = util.stanza's metatable })
+**   -> db | nil, err
+** stanza_mt is how the Lua side hands over what the codec needs from
+** Prosody: values with that metatable are stored and read back as stanzas.
+*/
 static int l_open(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   static const char *const syncs[] = { "full", "normal", NULL };
   int sync = 0, busy = 5000;
   size_t keylen = 0;
   const char *key = NULL;
+  int has_smt = 0;
   rdb *d;
   char pragma[64];
   if (!lua_isnoneornil(L, 2)) {
@@ -1303,10 +1322,20 @@ static int l_open(lua_State *L) {
     }
     /* the key string stays referenced by the options table while we copy it */
     lua_pop(L, 1);
+    switch (lua_getfield(L, 2, "stanza_mt")) {
+      case LUA_TNIL: break;
+      case LUA_TTABLE: has_smt = 1; break;
+      default: return luaL_error(L, "brisk.store.open: stanza_mt must be a table");
+    }
+    lua_pop(L, 1);
   }
-  d = (rdb *)lua_newuserdatauv(L, sizeof(rdb), 0);
+  d = (rdb *)lua_newuserdatauv(L, sizeof(rdb), 1);
   memset(d, 0, sizeof *d);
   luaL_setmetatable(L, DB_MT);
+  if (has_smt) {
+    lua_getfield(L, 2, "stanza_mt");
+    lua_setiuservalue(L, -2, 1);
+  }
   if (key) {
     static const char label[] = "brisk.roster row keys v1"; /* a format constant, see key_check_label */
     memcpy(d->key, key, KEY_BYTES);
@@ -1345,8 +1374,10 @@ static int l_open(lua_State *L) {
 /* ---------------------------------------------------------------- codec entry points */
 
 /*
-** store.pack(value) / store.unpack(blob): the general encoding in its plain
-** envelope with an empty row identity; used by tools, the fuzzer and specs.
+** store.pack(value[, stanza_mt]) / store.unpack(blob[, stanza_mt]): the
+** general encoding in its plain envelope with an empty row identity; used by
+** tools and specs. stanza_mt (util.stanza's metatable) makes stanzas
+** round-trip as stanzas; without it they are plain tables.
 */
 /*
 ** A scratch buffer owned by a userdata, so that an error raised while
@@ -1366,16 +1397,25 @@ static rb_buf *new_scratch(lua_State *L) {
   return b;
 }
 
+/* The optional stanza metatable argument: its index, or 0 when absent. */
+static int opt_stanza_mt(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  return arg;
+}
+
 static int l_pack(lua_State *L) {
   rb_buf *b;
   const char *err;
   unsigned char hdr[RB_HEADER] = { RB_FORMAT_VERSION, RB_KIND_VALUE };
   unsigned char sum[RB_CHECKSUM];
+  int smt;
   luaL_checkany(L, 1);
-  lua_settop(L, 1);
+  smt = opt_stanza_mt(L, 2);
+  lua_settop(L, 2);
   b = new_scratch(L);
   rb_put(b, hdr, sizeof hdr);
-  err = rb_encode_value(L, b, 1, SMT_IDX);
+  err = rb_encode_value(L, b, 1, smt);
   if (!err) {
     checksum2(b->p, b->n, NULL, 0, sum);
     rb_put(b, sum, RB_CHECKSUM);
@@ -1398,7 +1438,8 @@ static int l_unpack(lua_State *L) {
   unsigned char sum[RB_CHECKSUM];
   rb_cur c;
   const char *err;
-  lua_settop(L, 1);
+  int smt = opt_stanza_mt(L, 2);
+  lua_settop(L, 2);
   if (len < RB_HEADER + RB_CHECKSUM || blob[0] != RB_FORMAT_VERSION || blob[1] != RB_KIND_VALUE) {
     lua_pushnil(L);
     lua_pushliteral(L, "not a brisk value");
@@ -1412,16 +1453,33 @@ static int l_unpack(lua_State *L) {
   }
   c.p = blob + RB_HEADER;
   c.end = blob + len - RB_CHECKSUM;
-  err = rb_decode_value(L, &c, SMT_IDX);
+  err = rb_decode_value(L, &c, smt);
   if (!err && c.p != c.end) { lua_pop(L, 1); err = "corrupt data (trailing bytes)"; }
   if (err) { lua_pushnil(L); lua_pushstring(L, err); return 2; }
   return 1;
 }
 
 /*
-** store.decode_raw(kind, payload[, names]): decode a bare payload without
-** envelope (no checksum), exactly as the storage path does after unsealing.
-** The fuzzer feeds arbitrary bytes through it.
+** Arguments 3 and 4 of decode_raw and encode_raw: the group names array
+** (a new empty one when absent) and the optional stanza metatable. Leaves
+** the stack at 4 slots and returns the metatable's index, or 0.
+*/
+static int names_and_stanza_mt(lua_State *L) {
+  int smt = opt_stanza_mt(L, 4);
+  lua_settop(L, 4);
+  if (lua_isnil(L, 3)) {
+    lua_newtable(L);
+    lua_replace(L, 3);
+  } else {
+    luaL_checktype(L, 3, LUA_TTABLE);
+  }
+  return smt;
+}
+
+/*
+** store.decode_raw(kind, payload[, names[, stanza_mt]]): decode a bare
+** payload without envelope (no checksum), exactly as the storage path does
+** after unsealing.
 */
 static int l_decode_raw(lua_State *L) {
   static const char *const kinds[] = { "value", "item", "meta", NULL };
@@ -1430,17 +1488,16 @@ static int l_decode_raw(lua_State *L) {
   const unsigned char *p = (const unsigned char *)luaL_checklstring(L, 2, &len);
   rb_cur c;
   const char *err;
-  if (lua_isnoneornil(L, 3)) { lua_settop(L, 2); lua_newtable(L); }
-  else { luaL_checktype(L, 3, LUA_TTABLE); lua_settop(L, 3); }
+  int smt = names_and_stanza_mt(L);
   c.p = p;
   c.end = p + len;
   if (k == 2) {
-    err = rb_decode_meta(L, &c, SMT_IDX);
+    err = rb_decode_meta(L, &c, smt);
     if (!err && c.p != c.end) { lua_pop(L, 2); err = "corrupt data (trailing bytes)"; }
     if (!err) return 2;
   } else {
-    rb_push_item_keys(L);
-    err = decode_exact(L, &c, k == 0 ? RB_KIND_VALUE : RB_KIND_ITEM, SMT_IDX, 3, 4);
+    int keys = rb_push_item_keys(L);
+    err = decode_exact(L, &c, k == 0 ? RB_KIND_VALUE : RB_KIND_ITEM, smt, 3, keys);
     if (!err) return 1;
   }
   lua_pushnil(L);
@@ -1448,19 +1505,20 @@ static int l_decode_raw(lua_State *L) {
   return 2;
 }
 
-/* store.encode_raw(kind, value[, names]): the bare payload ("item" appends new group names). */
+/*
+** store.encode_raw(kind, value[, names[, stanza_mt]]): the bare payload
+** ("item" appends new group names to names).
+*/
 static int l_encode_raw(lua_State *L) {
   static const char *const kinds[] = { "value", "item", NULL };
   int k = luaL_checkoption(L, 1, NULL, kinds);
   rb_buf *b;
   const char *err = NULL;
-  int names, dict;
+  int names = 3, dict, smt;
   luaL_checkany(L, 2);
-  if (lua_isnoneornil(L, 3)) { lua_settop(L, 2); lua_newtable(L); }
-  else { luaL_checktype(L, 3, LUA_TTABLE); lua_settop(L, 3); }
-  names = 3;
+  smt = names_and_stanza_mt(L);
   lua_newtable(L);
-  dict = 4;
+  dict = lua_gettop(L);
   {
     lua_Integer i, n = (lua_Integer)lua_rawlen(L, names);
     for (i = 1; i <= n; i++) {
@@ -1470,8 +1528,8 @@ static int l_encode_raw(lua_State *L) {
     }
   }
   b = new_scratch(L);
-  if (k == 0) err = rb_encode_value(L, b, 2, SMT_IDX);
-  else if (rb_encode_item(L, b, 2, SMT_IDX, dict, names, &err) < 0 && !err) err = "encoding failed";
+  if (k == 0) err = rb_encode_value(L, b, 2, smt);
+  else if (rb_encode_item(L, b, 2, smt, dict, names, &err) < 0 && !err) err = "encoding failed";
   if (!err && b->oom) err = "out of memory";
   if (err) {
     rb_buf_free(b);
@@ -1516,18 +1574,6 @@ static const luaL_Reg funcs[] = {
   { NULL, NULL }
 };
 
-/* Push util.stanza's metatable, or nil when util.stanza cannot be loaded. */
-static void push_stanza_mt(lua_State *L) {
-  if (brisk_require_prosody(L, "util.stanza") && lua_istable(L, -1)) {
-    lua_getfield(L, -1, "stanza_mt");
-    lua_remove(L, -2);
-    if (!lua_istable(L, -1)) { lua_pop(L, 1); lua_pushnil(L); }
-  } else {
-    lua_pop(L, 1);
-    lua_pushnil(L);
-  }
-}
-
 BRISK_EXPORT int luaopen_brisk_store(lua_State *L) {
   if (sodium_init() < 0) return luaL_error(L, "brisk.store: libsodium failed to initialise");
   luaL_newmetatable(L, BUF_MT);
@@ -1535,16 +1581,11 @@ BRISK_EXPORT int luaopen_brisk_store(lua_State *L) {
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   luaL_newmetatable(L, DB_MT);
-  push_stanza_mt(L);
-  luaL_setfuncs(L, db_meta, 1);
-  lua_newtable(L);
-  push_stanza_mt(L);
-  luaL_setfuncs(L, db_methods, 1);
+  luaL_setfuncs(L, db_meta, 0);
+  luaL_newlib(L, db_methods);
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
-  lua_newtable(L);
-  push_stanza_mt(L);
-  luaL_setfuncs(L, funcs, 1);
+  luaL_newlib(L, funcs);
   lua_pushinteger(L, RB_FORMAT_VERSION);
   lua_setfield(L, -2, "format_version");
   lua_pushinteger(L, SCHEMA_VERSION);
