@@ -15,16 +15,16 @@
 
 static lua_State *L;
 
-typedef struct job {
+typedef struct Job {
   const unsigned char *p;
   size_t n;
   int mode;
-} job;
+} Job;
 
 /* Runs under lua_pcall: stack 1 = stanza metatable, 2 = group names. */
 static int run(lua_State *L1) {
-  job *j = (job *)lua_touserdata(L1, 3);
-  rb_cur c = { j->p, j->p + j->n };
+  Job *j = (Job *)lua_touserdata(L1, 3);
+  Cursor c = { j->p, j->p + j->n };
   const char *err;
   int keys = rb_push_item_keys(L1);
   if (j->mode == 0) err = rb_decode_value(L1, &c, 1);
@@ -33,12 +33,12 @@ static int run(lua_State *L1) {
   if (err) return 0;
   {
     /* Re-encode the decoded value (for meta: the entries table). */
-    rb_buf b = { NULL, 0, 0, 0 };
+    Buffer b = { NULL, 0, 0, 0 };
     const char *e2;
     lua_newtable(L1);
     e2 = rb_encode_value(L1, &b, -2, 1);
     if (e2 == NULL) {
-      rb_cur c2 = { b.p, b.p + b.n };
+      Cursor c2 = { b.p, b.p + b.n };
       if (rb_decode_value(L1, &c2, 1) != NULL || c2.p != c2.end) {
         rb_buf_free(&b);
         __builtin_trap();
@@ -50,7 +50,7 @@ static int run(lua_State *L1) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  job j;
+  Job j;
   if (L == NULL) {
     L = luaL_newstate();
     luaL_openlibs(L);

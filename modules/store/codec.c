@@ -34,14 +34,14 @@ static const char *const subscriptions[] = { NULL, "none", "to", "from", "both" 
 
 /* ---------------------------------------------------------------- buffer */
 
-void rb_buf_free(rb_buf *b) {
+void rb_buf_free(Buffer *b) {
   free(b->p);
   b->p = NULL;
   b->n = b->cap = 0;
   b->oom = 0;
 }
 
-static int rb_reserve(rb_buf *b, size_t len) {
+static int rb_reserve(Buffer *b, size_t len) {
   if (b->oom) return 0;
   if (b->cap - b->n >= len) return 1;
   {
@@ -59,18 +59,18 @@ static int rb_reserve(rb_buf *b, size_t len) {
   return 1;
 }
 
-void rb_put(rb_buf *b, const void *s, size_t len) {
+void rb_put(Buffer *b, const void *s, size_t len) {
   if (len == 0 || !rb_reserve(b, len)) return;
   memcpy(b->p + b->n, s, len);
   b->n += len;
 }
 
-void rb_put_byte(rb_buf *b, unsigned char c) {
+void rb_put_byte(Buffer *b, unsigned char c) {
   rb_put(b, &c, 1);
 }
 
 /* Unsigned LEB128: seven bits a byte, low bits first, high bit = more. */
-void rb_put_varint(rb_buf *b, uint64_t v) {
+void rb_put_varint(Buffer *b, uint64_t v) {
   unsigned char tmp[10];
   size_t n = 0;
   do {
@@ -81,12 +81,12 @@ void rb_put_varint(rb_buf *b, uint64_t v) {
   rb_put(b, tmp, n);
 }
 
-void rb_put_str(rb_buf *b, const char *s, size_t len) {
+void rb_put_str(Buffer *b, const char *s, size_t len) {
   rb_put_varint(b, len);
   rb_put(b, s, len);
 }
 
-int rb_get_varint(rb_cur *c, uint64_t *v) {
+int rb_get_varint(Cursor *c, uint64_t *v) {
   uint64_t r = 0;
   int shift = 0;
   while (c->p < c->end) {
@@ -101,13 +101,13 @@ int rb_get_varint(rb_cur *c, uint64_t *v) {
   return 0;
 }
 
-static size_t left(const rb_cur *c) {
+static size_t left(const Cursor *c) {
   return (size_t)(c->end - c->p);
 }
 
 /* ---------------------------------------------------------------- encoding */
 
-static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int depth);
+static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int depth);
 
 static int is_stanza(lua_State *L, int idx, int smt) {
   int r = 0;
@@ -149,7 +149,7 @@ static int key_ok(lua_State *L, int kidx) {
 */
 typedef int (*skip_fn)(lua_State *L, int kidx, int vidx);
 
-static const char *enc_body(lua_State *L, rb_buf *b, int idx, int smt, int depth, skip_fn skip) {
+static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth, skip_fn skip) {
   int top = lua_gettop(L);
   lua_Integer narr = skip ? 0 : seq_len(L, idx);
   lua_Integer i;
@@ -185,7 +185,7 @@ static const char *enc_body(lua_State *L, rb_buf *b, int idx, int smt, int depth
   return NULL;
 }
 
-static const char *enc_stanza(lua_State *L, rb_buf *b, int idx, int smt, int depth) {
+static const char *enc_stanza(lua_State *L, Buffer *b, int idx, int smt, int depth) {
   int top = lua_gettop(L);
   const char *err = NULL;
   lua_Integer n, i;
@@ -214,7 +214,7 @@ static const char *enc_stanza(lua_State *L, rb_buf *b, int idx, int smt, int dep
   return NULL;
 }
 
-static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int depth) {
+static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int depth) {
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
@@ -260,7 +260,7 @@ static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int dept
   }
 }
 
-const char *rb_encode_value(lua_State *L, rb_buf *b, int idx, int smt) {
+const char *rb_encode_value(lua_State *L, Buffer *b, int idx, int smt) {
   const char *err = enc_value(L, b, idx, smt, 0);
   if (!err && b->oom) err = "out of memory";
   return err;
@@ -317,7 +317,7 @@ static int skip_compact(lua_State *L, int kidx, int vidx) {
   return compact_field(L, kidx, vidx) != 0;
 }
 
-int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int names, const char **err) {
+int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int names, const char **err) {
   int flags = 0, has_groups = 0, extra = 0;
   idx = lua_absindex(L, idx);
   *err = NULL;
@@ -395,7 +395,7 @@ int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int name
   return RB_KIND_ITEM;
 }
 
-const char *rb_encode_meta(lua_State *L, rb_buf *b, int names, int idx, int smt) {
+const char *rb_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, names), i;
   const char *err;
   rb_put_varint(b, (uint64_t)n);
@@ -414,9 +414,9 @@ const char *rb_encode_meta(lua_State *L, rb_buf *b, int names, int idx, int smt)
 
 /* ---------------------------------------------------------------- decoding */
 
-static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth);
+static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth);
 
-static const char *dec_str(lua_State *L, rb_cur *c) {
+static const char *dec_str(lua_State *L, Cursor *c) {
   uint64_t len;
   if (!rb_get_varint(c, &len)) return "corrupt data (bad length)";
   if (len > left(c)) return "corrupt data (string runs past the end)";
@@ -426,7 +426,7 @@ static const char *dec_str(lua_State *L, rb_cur *c) {
 }
 
 /* Decode a table body into the table on top of the stack. */
-static const char *dec_body_into(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_body_into(lua_State *L, Cursor *c, int smt, int depth) {
   int t = lua_gettop(L);
   uint64_t narr, nhash, i;
   const char *err;
@@ -451,7 +451,7 @@ static const char *dec_body_into(lua_State *L, rb_cur *c, int smt, int depth) {
   return NULL;
 }
 
-static const char *dec_body(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_body(lua_State *L, Cursor *c, int smt, int depth) {
   const char *err;
   lua_newtable(L);
   err = dec_body_into(L, c, smt, depth);
@@ -459,7 +459,7 @@ static const char *dec_body(lua_State *L, rb_cur *c, int smt, int depth) {
   return err;
 }
 
-static const char *dec_stanza(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_stanza(lua_State *L, Cursor *c, int smt, int depth) {
   int t, tags;
   uint64_t n, i;
   lua_Integer ntags = 0;
@@ -497,7 +497,7 @@ fail:
   return err;
 }
 
-static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth) {
   unsigned char tag;
   if (c->p >= c->end) return "corrupt data (truncated)";
   tag = *c->p++;
@@ -528,7 +528,7 @@ static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth) {
   }
 }
 
-const char *rb_decode_value(lua_State *L, rb_cur *c, int smt) {
+const char *rb_decode_value(lua_State *L, Cursor *c, int smt) {
   return dec_value(L, c, smt, 0);
 }
 
@@ -556,7 +556,7 @@ static void set_kv(lua_State *L, int t, int keys, int k, int v) {
   lua_rawset(L, t);
 }
 
-const char *rb_decode_item(lua_State *L, rb_cur *c, int smt, int names, int keys) {
+const char *rb_decode_item(lua_State *L, Cursor *c, int smt, int names, int keys) {
   int t, flags, sub;
   uint64_t ng, i;
   const char *err = NULL;
@@ -612,7 +612,7 @@ fail:
   return err;
 }
 
-const char *rb_decode_meta(lua_State *L, rb_cur *c, int smt) {
+const char *rb_decode_meta(lua_State *L, Cursor *c, int smt) {
   uint64_t n, i;
   int base = lua_gettop(L);
   const char *err;

@@ -22,7 +22,7 @@
 #include <sodium.h>
 #include "store.h"
 
-#define DB_MT "brisk.store.db"
+#define DB_MT "brisk.store.DB"
 #define SCHEMA_VERSION 1
 #define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES
 
@@ -75,32 +75,32 @@ static const char schema_sql[] =
 */
 static const char key_check_label[] = "brisk.roster key check v1";
 
-typedef struct rdb {
+typedef struct DB {
   sqlite3 *db;
   sqlite3_stmt *st[S_COUNT];
-  rb_buf buf;     /* payload being encoded */
-  rb_buf out;     /* sealed blob */
-  rb_buf plain;   /* decrypted payload */
-  rb_buf ctx;     /* row identity bound into checksums and AEAD */
-  rb_buf ad;      /* header + identity, the AEAD's associated data */
+  Buffer buf;     /* payload being encoded */
+  Buffer out;     /* sealed blob */
+  Buffer plain;   /* decrypted payload */
+  Buffer ctx;     /* row identity bound into checksums and AEAD */
+  Buffer ad;      /* header + identity, the AEAD's associated data */
   size_t ctx_prefix;
   int in_txn;
   int has_key;
   unsigned char key[KEY_BYTES];
   unsigned char rowkey[32];         /* derived from key: hashes row keys */
   unsigned char hk[RB_HASH_LEN];    /* the last row key hashed */
-} rdb;
+} DB;
 
 /* The identity of the rows an operation touches. */
-typedef struct scope {
+typedef struct Scope {
   const char *host, *user, *store;
   size_t hlen, ulen, slen;
   sqlite3_int64 hid, uid, sid;
-} scope;
+} Scope;
 
 /* ---------------------------------------------------------------- plumbing */
 
-static void free_buffers(rdb *d) {
+static void free_buffers(DB *d) {
   rb_buf_free(&d->buf);
   rb_buf_free(&d->out);
   if (d->plain.p) sodium_memzero(d->plain.p, d->plain.cap);
@@ -109,7 +109,7 @@ static void free_buffers(rdb *d) {
   rb_buf_free(&d->ad);
 }
 
-static void db_close(rdb *d) {
+static void db_close(DB *d) {
   int i;
   for (i = 0; i < S_COUNT; i++) {
     if (d->st[i]) sqlite3_finalize(d->st[i]);
@@ -123,21 +123,21 @@ static void db_close(rdb *d) {
   d->has_key = 0;
 }
 
-static rdb *check_db(lua_State *L) {
-  rdb *d = (rdb *)luaL_checkudata(L, 1, DB_MT);
+static DB *check_db(lua_State *L) {
+  DB *d = (DB *)luaL_checkudata(L, 1, DB_MT);
   if (d->db == NULL) luaL_error(L, "brisk.store: database is closed");
   return d;
 }
 
 /* Push "nil, message" (message from SQLite when msg is NULL). */
-static int fail(lua_State *L, rdb *d, const char *msg) {
+static int fail(lua_State *L, DB *d, const char *msg) {
   const char *m = msg ? msg : sqlite3_errmsg(d->db);
   lua_pushnil(L);
   lua_pushstring(L, m);
   return 2;
 }
 
-static sqlite3_stmt *stmt(rdb *d, int which) {
+static sqlite3_stmt *stmt(DB *d, int which) {
   sqlite3_stmt *s = d->st[which];
   if (s == NULL) {
     if (sqlite3_prepare_v3(d->db, sql_text[which], -1, SQLITE_PREPARE_PERSISTENT, &s, NULL) != SQLITE_OK)
@@ -153,7 +153,7 @@ static sqlite3_stmt *stmt(rdb *d, int which) {
 ** Start of every method: a Lua error (out of memory) may have cut short the
 ** previous one, so its statements are reset and its transaction undone.
 */
-static void entry(rdb *d) {
+static void entry(DB *d) {
   int i;
   for (i = 0; i < S_COUNT; i++)
     if (d->st[i]) sqlite3_reset(d->st[i]);
@@ -163,7 +163,7 @@ static void entry(rdb *d) {
   }
 }
 
-static int run(rdb *d, int which) {
+static int run(DB *d, int which) {
   sqlite3_stmt *s = stmt(d, which);
   int rc;
   if (s == NULL) return SQLITE_ERROR;
@@ -172,20 +172,20 @@ static int run(rdb *d, int which) {
   return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-static int begin(rdb *d) {
+static int begin(DB *d) {
   int rc = run(d, S_BEGIN);
   if (rc == SQLITE_OK) d->in_txn = 1;
   return rc;
 }
 
-static int commit(rdb *d) {
+static int commit(DB *d) {
   int rc = run(d, S_COMMIT);
   if (rc == SQLITE_OK) d->in_txn = 0;
   return rc;
 }
 
 /* Roll back, then push "nil, msg" (msg NULL: SQLite's message, kept before the rollback). */
-static int abort_txn(lua_State *L, rdb *d, const char *msg) {
+static int abort_txn(lua_State *L, DB *d, const char *msg) {
   if (msg == NULL) msg = lua_pushstring(L, sqlite3_errmsg(d->db));
   if (d->in_txn) {
     sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
@@ -197,7 +197,7 @@ static int abort_txn(lua_State *L, rdb *d, const char *msg) {
 }
 
 /* Look a name up, creating it when "create"; *id is 0 when absent. */
-static int name_id(rdb *d, const char *name, size_t len, int create, sqlite3_int64 *id) {
+static int name_id(DB *d, const char *name, size_t len, int create, sqlite3_int64 *id) {
   sqlite3_stmt *s = stmt(d, S_NAME_ID);
   int rc;
   *id = 0;
@@ -219,7 +219,7 @@ static int name_id(rdb *d, const char *name, size_t len, int create, sqlite3_int
 }
 
 /* Arguments host (string), user (string or nil: host-level data), store (string). */
-static void check_scope(lua_State *L, int first, scope *sc, int with_user) {
+static void check_scope(lua_State *L, int first, Scope *sc, int with_user) {
   sc->host = luaL_checklstring(L, first, &sc->hlen);
   sc->user = NULL;
   sc->ulen = 0;
@@ -233,7 +233,7 @@ static void check_scope(lua_State *L, int first, scope *sc, int with_user) {
 }
 
 /* Resolve the scope's ids; returns SQLite's code, *found says all exist. */
-static int resolve(rdb *d, scope *sc, int create, int *found) {
+static int resolve(DB *d, Scope *sc, int create, int *found) {
   int rc;
   *found = 0;
   if ((rc = name_id(d, sc->host, sc->hlen, create, &sc->hid)) != SQLITE_OK) return rc;
@@ -243,7 +243,7 @@ static int resolve(rdb *d, scope *sc, int create, int *found) {
   return SQLITE_OK;
 }
 
-static void bind_scope(sqlite3_stmt *s, const scope *sc) {
+static void bind_scope(sqlite3_stmt *s, const Scope *sc) {
   sqlite3_bind_int64(s, 1, sc->hid);
   sqlite3_bind_int64(s, 2, sc->uid);
   sqlite3_bind_int64(s, 3, sc->sid);
@@ -252,7 +252,7 @@ static void bind_scope(sqlite3_stmt *s, const scope *sc) {
 /* ---------------------------------------------------------------- sealing */
 
 /* Row identity: host, user (length+1, 0 for host-level), store, then the key. */
-static void ctx_scope(rdb *d, const scope *sc, const char *user, size_t ulen) {
+static void ctx_scope(DB *d, const Scope *sc, const char *user, size_t ulen) {
   d->ctx.n = 0;
   rb_put_str(&d->ctx, sc->host, sc->hlen);
   if (user) {
@@ -265,7 +265,7 @@ static void ctx_scope(rdb *d, const scope *sc, const char *user, size_t ulen) {
   d->ctx_prefix = d->ctx.n;
 }
 
-static void ctx_key(rdb *d, const char *key, size_t klen) {
+static void ctx_key(DB *d, const char *key, size_t klen) {
   d->ctx.n = d->ctx_prefix;
   rb_put_str(&d->ctx, key, klen);
 }
@@ -277,16 +277,16 @@ static void ctx_key(rdb *d, const char *key, size_t klen) {
 ** at the start of the encrypted payload. Rows can still be found by key, but
 ** the file no longer shows contact JIDs. The metadata row keeps the key ''.
 */
-static int hashed(const rdb *d, size_t klen) {
+static int hashed(const DB *d, size_t klen) {
   return d->has_key && klen > 0;
 }
 
-static void hash_key(const rdb *d, const char *key, size_t klen, unsigned char *out) {
+static void hash_key(const DB *d, const char *key, size_t klen, unsigned char *out) {
   crypto_generichash(out, RB_HASH_LEN, (const unsigned char *)key, klen, d->rowkey, sizeof d->rowkey);
 }
 
 /* Bind a key column: the hash (computed into d->hk) or the text. */
-static void bind_key(rdb *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash) {
+static void bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash) {
   if (as_hash) {
     hash_key(d, key, klen, d->hk);
     sqlite3_bind_blob(s, col, d->hk, RB_HASH_LEN, SQLITE_STATIC);
@@ -299,7 +299,7 @@ static void bind_key(rdb *d, sqlite3_stmt *s, int col, const char *key, size_t k
 ** A hashed row's payload starts with the real key: take it (pointing into
 ** the payload) and check that it hashes to the row's stored key.
 */
-static const char *take_key(const rdb *d, rb_cur *c, const unsigned char *stored, size_t slen,
+static const char *take_key(const DB *d, Cursor *c, const unsigned char *stored, size_t slen,
                             const char **key, size_t *klen) {
   uint64_t n;
   unsigned char h[RB_HASH_LEN];
@@ -325,12 +325,12 @@ static void checksum2(const unsigned char *data, size_t len, const unsigned char
   memcpy(outp, full, RB_CHECKSUM);
 }
 
-static void checksum(const unsigned char *data, size_t len, const rb_buf *ctx, unsigned char *outp) {
+static void checksum(const unsigned char *data, size_t len, const Buffer *ctx, unsigned char *outp) {
   checksum2(data, len, ctx->p, ctx->n, outp);
 }
 
 /* Seal d->buf (a payload of "kind") into d->out. */
-static const char *seal(rdb *d, int kind) {
+static const char *seal(DB *d, int kind) {
   unsigned char hdr[RB_HEADER];
   hdr[0] = RB_FORMAT_VERSION;
   hdr[1] = (unsigned char)(kind | (d->has_key ? RB_KIND_ENCRYPTED : 0));
@@ -365,7 +365,7 @@ static const char *seal(rdb *d, int kind) {
 }
 
 /* Check and open a stored blob; on success *cur spans its payload. */
-static const char *unseal(rdb *d, const unsigned char *blob, size_t len, int *kind, rb_cur *cur) {
+static const char *unseal(DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur) {
   int k;
   if (blob == NULL || len < RB_HEADER) return "corrupt data (blob too short)";
   if (blob[0] != RB_FORMAT_VERSION) return "unsupported or corrupt data (unknown format version)";
@@ -402,7 +402,7 @@ static const char *unseal(rdb *d, const unsigned char *blob, size_t len, int *ki
 }
 
 /* Decode a whole payload of a general value and require nothing left over. */
-static const char *decode_exact(lua_State *L, rb_cur *c, int kind, int smt, int names, int keys) {
+static const char *decode_exact(lua_State *L, Cursor *c, int kind, int smt, int names, int keys) {
   const char *err;
   if (kind == RB_KIND_VALUE) err = rb_decode_value(L, c, smt);
   else if (kind == RB_KIND_ITEM) err = rb_decode_item(L, c, smt, names, keys);
@@ -420,7 +420,7 @@ static const char *decode_exact(lua_State *L, rb_cur *c, int kind, int smt, int 
 ** the non-string-keyed entries. General-value rows (non-roster stores) push
 ** an empty names array.
 */
-static const char *decode_extra(lua_State *L, rb_cur *c, int kind, int smt) {
+static const char *decode_extra(lua_State *L, Cursor *c, int kind, int smt) {
   const char *err;
   if (kind == RB_KIND_META) {
     if ((err = rb_decode_meta(L, c, smt)) != NULL) return err;
@@ -463,10 +463,10 @@ static int key_fail(lua_State *L, int base, const char *msg, const char *key, si
 ** Read the "" row of a scope: pushes names and extras (both empty tables when
 ** the row is absent). Returns NULL or an error (nothing pushed).
 */
-static const char *load_extra(lua_State *L, rdb *d, const scope *sc, int smt, int *exists) {
+static const char *load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int *exists) {
   sqlite3_stmt *s = stmt(d, S_ROW);
   int rc, kind;
-  rb_cur c;
+  Cursor c;
   const char *err = NULL;
   *exists = 0;
   if (s == NULL) return sqlite3_errmsg(d->db);
@@ -498,8 +498,8 @@ static int table_empty(lua_State *L, int idx) {
 
 /* db:get(host, user, store, roster) -> table | nil | nil, err */
 static int m_get(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, rc, result, names, keys, smt;
   sqlite3_stmt *s;
   check_scope(L, 2, &sc, 1);
@@ -538,7 +538,7 @@ static int m_get(lua_State *L) {
     size_t blen = (size_t)sqlite3_column_bytes(s, 1);
     const char *err;
     int kind;
-    rb_cur c;
+    Cursor c;
     if (key == NULL) key = "";
     ctx_key(d, key, klen);
     err = unseal(d, blob, blen, &kind, &c);
@@ -587,8 +587,8 @@ static int own_row(lua_State *L, int idx) {
 
 /* db:get_key(host, user, store, roster, key) -> value | nil | nil, err */
 static int m_get_key(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, rc, exists, roster, smt;
   const char *err;
   check_scope(L, 2, &sc, 1);
@@ -621,7 +621,7 @@ static int m_get_key(lua_State *L) {
     for (pass = hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
       sqlite3_stmt *s = stmt(d, S_ROW);
       int kind, as_hash = pass == 0;
-      rb_cur c;
+      Cursor c;
       if (s == NULL) return fail(L, d, NULL);
       bind_scope(s, &sc);
       bind_key(d, s, 4, key, klen, as_hash);
@@ -649,8 +649,8 @@ static int m_get_key(lua_State *L) {
 
 /* db:get_all(host, store, roster, key) -> { [user] = value } | nil | nil, err */
 static int m_get_all(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, rc, roster, result, keys, smt;
   size_t klen;
   const char *key;
@@ -679,7 +679,7 @@ static int m_get_all(lua_State *L) {
     size_t ulen = (size_t)sqlite3_column_bytes(s, 1);
     const char *err = NULL;
     int kind, exists;
-    rb_cur c;
+    Cursor c;
     if (user == NULL) user = "";
     sc.uid = sqlite3_column_int64(s, 0);
     ctx_scope(d, &sc, user, ulen);
@@ -720,7 +720,7 @@ static int m_get_all(lua_State *L) {
 }
 
 /* Push the column-0 strings of a statement's rows as an array. */
-static int name_list(lua_State *L, rdb *d, sqlite3_stmt *s) {
+static int name_list(lua_State *L, DB *d, sqlite3_stmt *s) {
   int rc;
   lua_Integer n = 0;
   lua_newtable(L);
@@ -735,8 +735,8 @@ static int name_list(lua_State *L, rdb *d, sqlite3_stmt *s) {
 
 /* db:users(host, store) -> { user, ... } */
 static int m_users(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, rc;
   sqlite3_stmt *s;
   check_scope(L, 2, &sc, 0);
@@ -751,7 +751,7 @@ static int m_users(lua_State *L) {
 
 /* db:stores(host, user) -> { store, ... }; user nil: host-level, true: any user */
 static int m_stores(lua_State *L) {
-  rdb *d = check_db(L);
+  DB *d = check_db(L);
   const char *host, *user = NULL;
   size_t hlen, ulen = 0;
   sqlite3_int64 hid, uid = 0;
@@ -771,13 +771,13 @@ static int m_stores(lua_State *L) {
 
 /* ---------------------------------------------------------------- writing */
 
-static const char *del_row_as(rdb *d, const scope *sc, const char *key, size_t klen, int as_hash);
+static const char *del_row_as(DB *d, const Scope *sc, const char *key, size_t klen, int as_hash);
 
 /*
 ** Encode the value at vidx for key (its own row) and store it. "legacy": also delete a plain-text row of the same key, which a database
 ** may hold from before encryption was turned on (set() has deleted them all).
 */
-static const char *put_row(lua_State *L, rdb *d, const scope *sc, const char *key, size_t klen,
+static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key, size_t klen,
                            int vidx, int roster, int smt, int dict, int names, int legacy) {
   const char *err = NULL;
   int kind, as_hash = hashed(d, klen);
@@ -808,7 +808,7 @@ static const char *put_row(lua_State *L, rdb *d, const scope *sc, const char *ke
   return err;
 }
 
-static const char *del_row_as(rdb *d, const scope *sc, const char *key, size_t klen, int as_hash) {
+static const char *del_row_as(DB *d, const Scope *sc, const char *key, size_t klen, int as_hash) {
   sqlite3_stmt *s = stmt(d, S_DEL);
   const char *err = NULL;
   if (s == NULL) return sqlite3_errmsg(d->db);
@@ -820,7 +820,7 @@ static const char *del_row_as(rdb *d, const scope *sc, const char *key, size_t k
 }
 
 /* Delete a key's row in both forms it may have (hashed, plain text). */
-static const char *del_row(rdb *d, const scope *sc, const char *key, size_t klen) {
+static const char *del_row(DB *d, const Scope *sc, const char *key, size_t klen) {
   const char *err = NULL;
   if (hashed(d, klen)) err = del_row_as(d, sc, key, klen, 1);
   if (!err) err = del_row_as(d, sc, key, klen, 0);
@@ -828,7 +828,7 @@ static const char *del_row(rdb *d, const scope *sc, const char *key, size_t klen
 }
 
 /* Write the "" row from names and extras, or delete it when it would say nothing. */
-static const char *put_extra(lua_State *L, rdb *d, const scope *sc, int roster, int smt, int names, int extras) {
+static const char *put_extra(lua_State *L, DB *d, const Scope *sc, int roster, int smt, int names, int extras) {
   const char *err;
   sqlite3_stmt *s;
   int kind;
@@ -869,27 +869,27 @@ static int key_type_ok(lua_State *L, int idx) {
 }
 
 /* A row key to sort: SQLite's BINARY order, memcmp then length. */
-typedef struct rkey {
+typedef struct RowKey {
   const char *s;
   size_t len;
   unsigned char h[RB_HASH_LEN];  /* the stored form, when keys are hashed */
-} rkey;
+} RowKey;
 
-static int rkey_cmp(const void *a, const void *b) {
-  const rkey *x = (const rkey *)a, *y = (const rkey *)b;
+static int rowkey_cmp(const void *a, const void *b) {
+  const RowKey *x = (const RowKey *)a, *y = (const RowKey *)b;
   int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
   if (c) return c;
   return x->len < y->len ? -1 : x->len > y->len;
 }
 
-static int rkey_hash_cmp(const void *a, const void *b) {
-  return memcmp(((const rkey *)a)->h, ((const rkey *)b)->h, RB_HASH_LEN);
+static int rowkey_hash_cmp(const void *a, const void *b) {
+  return memcmp(((const RowKey *)a)->h, ((const RowKey *)b)->h, RB_HASH_LEN);
 }
 
 /* db:set(host, user, store, roster, data|nil) -> true | nil, err (one transaction) */
 static int m_set(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, roster, smt, names, dict, extras;
   const char *err = NULL;
   sqlite3_stmt *s;
@@ -916,13 +916,13 @@ static int m_set(lua_State *L) {
     */
     {
       size_t n = 0, i;
-      rkey *sorted;
+      RowKey *sorted;
       lua_pushnil(L);
       while (lua_next(L, 6)) {
         lua_pop(L, 1);
         if (own_row(L, -1)) n++;
       }
-      sorted = (rkey *)lua_newuserdatauv(L, (n ? n : 1) * sizeof(rkey), 0);
+      sorted = (RowKey *)lua_newuserdatauv(L, (n ? n : 1) * sizeof(RowKey), 0);
       i = 0;
       lua_pushnil(L);
       while (lua_next(L, 6)) {
@@ -934,7 +934,7 @@ static int m_set(lua_State *L) {
           i++;
         }
       }
-      qsort(sorted, n, sizeof(rkey), d->has_key ? rkey_hash_cmp : rkey_cmp);
+      qsort(sorted, n, sizeof(RowKey), d->has_key ? rowkey_hash_cmp : rowkey_cmp);
       for (i = 0; i < n; i++) {
         lua_pushlstring(L, sorted[i].s, sorted[i].len);
         lua_rawget(L, 6);
@@ -966,8 +966,8 @@ static int m_set(lua_State *L) {
 
 /* db:set_keys(host, user, store, roster, { [key] = value or remove }, remove) -> true | nil, err */
 static int m_set_keys(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, roster, smt, exists, names, dict, extras, dirty = 0, removed = 0;
   lua_Integer nnames;
   const char *err = NULL;
@@ -1048,7 +1048,7 @@ static int m_set_keys(lua_State *L) {
 
 /* db:purge(host, user) -> true | nil, err: every store of one user */
 static int m_purge(lua_State *L) {
-  rdb *d = check_db(L);
+  DB *d = check_db(L);
   size_t hlen, ulen;
   const char *host = luaL_checklstring(L, 2, &hlen);
   const char *user = luaL_checklstring(L, 3, &ulen);
@@ -1070,8 +1070,8 @@ static int m_purge(lua_State *L) {
 
 /* db:delete_all(host, store, roster, key) -> true | nil, err: one key of every user */
 static int m_delete_all(lua_State *L) {
-  rdb *d = check_db(L);
-  scope sc;
+  DB *d = check_db(L);
+  Scope sc;
   int found, roster, rc, smt;
   size_t klen;
   const char *key;
@@ -1142,7 +1142,7 @@ static int m_delete_all(lua_State *L) {
 
 /* db:pragma(name) -> the first value a read-only PRAGMA reports, as text */
 static int m_pragma(lua_State *L) {
-  rdb *d = check_db(L);
+  DB *d = check_db(L);
   const char *name = luaL_checkstring(L, 2);
   sqlite3_stmt *s;
   int rc;
@@ -1178,7 +1178,7 @@ static int m_pragma(lua_State *L) {
 ** database file and truncate it (for backups, and to measure the file).
 */
 static int m_checkpoint(lua_State *L) {
-  rdb *d = check_db(L);
+  DB *d = check_db(L);
   entry(d);
   if (sqlite3_wal_checkpoint_v2(d->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL) != SQLITE_OK)
     return fail(L, d, NULL);
@@ -1187,7 +1187,7 @@ static int m_checkpoint(lua_State *L) {
 }
 
 static int m_close(lua_State *L) {
-  rdb *d = (rdb *)luaL_checkudata(L, 1, DB_MT);
+  DB *d = (DB *)luaL_checkudata(L, 1, DB_MT);
   if (d->db) {
     entry(d);
     db_close(d);
@@ -1196,14 +1196,14 @@ static int m_close(lua_State *L) {
 }
 
 static int m_tostring(lua_State *L) {
-  rdb *d = (rdb *)luaL_checkudata(L, 1, DB_MT);
-  lua_pushfstring(L, "brisk.store.db (%s)", d->db ? "open" : "closed");
+  DB *d = (DB *)luaL_checkudata(L, 1, DB_MT);
+  lua_pushfstring(L, "brisk.store.DB (%s)", d->db ? "open" : "closed");
   return 1;
 }
 
 /* ---------------------------------------------------------------- opening */
 
-static int exec_fail(lua_State *L, rdb *d, const char *what) {
+static int exec_fail(lua_State *L, DB *d, const char *what) {
   lua_pushnil(L);
   lua_pushfstring(L, "%s: %s", what, d->db ? sqlite3_errmsg(d->db) : "out of memory");
   if (d->db) sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
@@ -1212,7 +1212,7 @@ static int exec_fail(lua_State *L, rdb *d, const char *what) {
 }
 
 /* Create the schema on first use, check its version and the key. */
-static int setup(lua_State *L, rdb *d) {
+static int setup(lua_State *L, DB *d) {
   sqlite3_stmt *s;
   int rc;
   if (sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) return exec_fail(L, d, "cannot lock database");
@@ -1299,7 +1299,7 @@ static int l_open(lua_State *L) {
   size_t keylen = 0;
   const char *key = NULL;
   int has_smt = 0;
-  rdb *d;
+  DB *d;
   char pragma[64];
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1329,7 +1329,7 @@ static int l_open(lua_State *L) {
     }
     lua_pop(L, 1);
   }
-  d = (rdb *)lua_newuserdatauv(L, sizeof(rdb), 1);
+  d = (DB *)lua_newuserdatauv(L, sizeof(DB), 1);
   memset(d, 0, sizeof *d);
   luaL_setmetatable(L, DB_MT);
   if (has_smt) {
@@ -1383,15 +1383,15 @@ static int l_open(lua_State *L) {
 ** A scratch buffer owned by a userdata, so that an error raised while
 ** encoding (out of memory) cannot leak it: the collector frees it.
 */
-#define BUF_MT "brisk.store.buf"
+#define BUF_MT "brisk.store.Buffer"
 
 static int buf_gc(lua_State *L) {
-  rb_buf_free((rb_buf *)luaL_checkudata(L, 1, BUF_MT));
+  rb_buf_free((Buffer *)luaL_checkudata(L, 1, BUF_MT));
   return 0;
 }
 
-static rb_buf *new_scratch(lua_State *L) {
-  rb_buf *b = (rb_buf *)lua_newuserdatauv(L, sizeof(rb_buf), 0);
+static Buffer *new_scratch(lua_State *L) {
+  Buffer *b = (Buffer *)lua_newuserdatauv(L, sizeof(Buffer), 0);
   memset(b, 0, sizeof *b);
   luaL_setmetatable(L, BUF_MT);
   return b;
@@ -1405,7 +1405,7 @@ static int opt_stanza_mt(lua_State *L, int arg) {
 }
 
 static int l_pack(lua_State *L) {
-  rb_buf *b;
+  Buffer *b;
   const char *err;
   unsigned char hdr[RB_HEADER] = { RB_FORMAT_VERSION, RB_KIND_VALUE };
   unsigned char sum[RB_CHECKSUM];
@@ -1436,7 +1436,7 @@ static int l_unpack(lua_State *L) {
   size_t len;
   const unsigned char *blob = (const unsigned char *)luaL_checklstring(L, 1, &len);
   unsigned char sum[RB_CHECKSUM];
-  rb_cur c;
+  Cursor c;
   const char *err;
   int smt = opt_stanza_mt(L, 2);
   lua_settop(L, 2);
@@ -1486,7 +1486,7 @@ static int l_decode_raw(lua_State *L) {
   int k = luaL_checkoption(L, 1, NULL, kinds);
   size_t len;
   const unsigned char *p = (const unsigned char *)luaL_checklstring(L, 2, &len);
-  rb_cur c;
+  Cursor c;
   const char *err;
   int smt = names_and_stanza_mt(L);
   c.p = p;
@@ -1512,7 +1512,7 @@ static int l_decode_raw(lua_State *L) {
 static int l_encode_raw(lua_State *L) {
   static const char *const kinds[] = { "value", "item", NULL };
   int k = luaL_checkoption(L, 1, NULL, kinds);
-  rb_buf *b;
+  Buffer *b;
   const char *err = NULL;
   int names = 3, dict, smt;
   luaL_checkany(L, 2);

@@ -33,30 +33,30 @@
 #define RB_MAX_DEPTH 100
 
 /* A growable byte buffer; "oom" is sticky so callers check once at the end. */
-typedef struct rb_buf {
+typedef struct Buffer {
   unsigned char *p;
   size_t n, cap;
   int oom;
-} rb_buf;
+} Buffer;
 
-RB_HIDDEN void rb_buf_free(rb_buf *b);
-RB_HIDDEN void rb_put(rb_buf *b, const void *s, size_t len);
-RB_HIDDEN void rb_put_byte(rb_buf *b, unsigned char c);
-RB_HIDDEN void rb_put_varint(rb_buf *b, uint64_t v);
-RB_HIDDEN void rb_put_str(rb_buf *b, const char *s, size_t len);
+RB_HIDDEN void rb_buf_free(Buffer *b);
+RB_HIDDEN void rb_put(Buffer *b, const void *s, size_t len);
+RB_HIDDEN void rb_put_byte(Buffer *b, unsigned char c);
+RB_HIDDEN void rb_put_varint(Buffer *b, uint64_t v);
+RB_HIDDEN void rb_put_str(Buffer *b, const char *s, size_t len);
 
 /* A read cursor over a payload; every read checks bounds. */
-typedef struct rb_cur {
+typedef struct Cursor {
   const unsigned char *p, *end;
-} rb_cur;
+} Cursor;
 
-RB_HIDDEN int rb_get_varint(rb_cur *c, uint64_t *v);
+RB_HIDDEN int rb_get_varint(Cursor *c, uint64_t *v);
 
 /*
 ** Encoders append to "b" and return NULL, or a static error message. "smt"
 ** is the stack index of util.stanza's metatable (or 0 when unknown).
 */
-RB_HIDDEN const char *rb_encode_value(lua_State *L, rb_buf *b, int idx, int smt);
+RB_HIDDEN const char *rb_encode_value(lua_State *L, Buffer *b, int idx, int smt);
 /*
 ** Roster contact: "dict" is the stack index of a table name -> index and
 ** "names" of an array index -> name; new group names are appended to both.
@@ -64,20 +64,20 @@ RB_HIDDEN const char *rb_encode_value(lua_State *L, rb_buf *b, int idx, int smt)
 ** compact form covers (it is then written as a general value), or -1 with
 ** *err set.
 */
-RB_HIDDEN int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt,
+RB_HIDDEN int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt,
                              int dict, int names, const char **err);
 /* Roster metadata row: the names array, then the table at idx. */
-RB_HIDDEN const char *rb_encode_meta(lua_State *L, rb_buf *b, int names, int idx, int smt);
+RB_HIDDEN const char *rb_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt);
 
 /*
 ** Decoders push one value and return NULL, or push nothing and return an
 ** error message. "names" is the stack index of the group names array.
 */
-RB_HIDDEN const char *rb_decode_value(lua_State *L, rb_cur *c, int smt);
+RB_HIDDEN const char *rb_decode_value(lua_State *L, Cursor *c, int smt);
 /* "keys" is the stack index of the strings rb_push_item_keys pushed. */
-RB_HIDDEN const char *rb_decode_item(lua_State *L, rb_cur *c, int smt, int names, int keys);
+RB_HIDDEN const char *rb_decode_item(lua_State *L, Cursor *c, int smt, int names, int keys);
 RB_HIDDEN int rb_push_item_keys(lua_State *L);
 /* Pushes the names array, then the table of entries. */
-RB_HIDDEN const char *rb_decode_meta(lua_State *L, rb_cur *c, int smt);
+RB_HIDDEN const char *rb_decode_meta(lua_State *L, Cursor *c, int smt);
 
 #endif
