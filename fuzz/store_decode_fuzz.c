@@ -26,25 +26,25 @@ static int run(lua_State *L1) {
   Job *j = (Job *)lua_touserdata(L1, 3);
   Cursor c = { j->p, j->p + j->n };
   const char *err;
-  int keys = rb_push_item_keys(L1);
-  if (j->mode == 0) err = rb_decode_value(L1, &c, 1);
-  else if (j->mode == 1) err = rb_decode_item(L1, &c, 1, 2, keys);
-  else err = rb_decode_meta(L1, &c, 1);
+  int keys = store_push_item_keys(L1);
+  if (j->mode == 0) err = store_decode_value(L1, &c, 1);
+  else if (j->mode == 1) err = store_decode_item(L1, &c, 1, 2, keys);
+  else err = store_decode_meta(L1, &c, 1);
   if (err) return 0;
   {
     /* Re-encode the decoded value (for meta: the entries table). */
     Buffer b = { NULL, 0, 0, 0 };
     const char *e2;
     lua_newtable(L1);
-    e2 = rb_encode_value(L1, &b, -2, 1);
+    e2 = store_encode_value(L1, &b, -2, 1);
     if (e2 == NULL) {
       Cursor c2 = { b.p, b.p + b.n };
-      if (rb_decode_value(L1, &c2, 1) != NULL || c2.p != c2.end) {
-        rb_buf_free(&b);
+      if (store_decode_value(L1, &c2, 1) != NULL || c2.p != c2.end) {
+        store_buffer_free(&b);
         __builtin_trap();
       }
     }
-    rb_buf_free(&b);
+    store_buffer_free(&b);
   }
   return 0;
 }

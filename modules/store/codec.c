@@ -34,14 +34,14 @@ static const char *const subscriptions[] = { NULL, "none", "to", "from", "both" 
 
 /* ---------------------------------------------------------------- buffer */
 
-void rb_buf_free(Buffer *b) {
+void store_buffer_free(Buffer *b) {
   free(b->p);
   b->p = NULL;
   b->n = b->cap = 0;
   b->oom = 0;
 }
 
-static int rb_reserve(Buffer *b, size_t len) {
+static int reserve(Buffer *b, size_t len) {
   if (b->oom) return 0;
   if (b->cap - b->n >= len) return 1;
   {
@@ -59,18 +59,18 @@ static int rb_reserve(Buffer *b, size_t len) {
   return 1;
 }
 
-void rb_put(Buffer *b, const void *s, size_t len) {
-  if (len == 0 || !rb_reserve(b, len)) return;
+void store_put(Buffer *b, const void *s, size_t len) {
+  if (len == 0 || !reserve(b, len)) return;
   memcpy(b->p + b->n, s, len);
   b->n += len;
 }
 
-void rb_put_byte(Buffer *b, unsigned char c) {
-  rb_put(b, &c, 1);
+void store_put_byte(Buffer *b, unsigned char c) {
+  store_put(b, &c, 1);
 }
 
 /* Unsigned LEB128: seven bits a byte, low bits first, high bit = more. */
-void rb_put_varint(Buffer *b, uint64_t v) {
+void store_put_varint(Buffer *b, uint64_t v) {
   unsigned char tmp[10];
   size_t n = 0;
   do {
@@ -78,15 +78,15 @@ void rb_put_varint(Buffer *b, uint64_t v) {
     v >>= 7;
     tmp[n++] = c | (v ? 0x80 : 0);
   } while (v);
-  rb_put(b, tmp, n);
+  store_put(b, tmp, n);
 }
 
-void rb_put_str(Buffer *b, const char *s, size_t len) {
-  rb_put_varint(b, len);
-  rb_put(b, s, len);
+void store_put_str(Buffer *b, const char *s, size_t len) {
+  store_put_varint(b, len);
+  store_put(b, s, len);
 }
 
-int rb_get_varint(Cursor *c, uint64_t *v) {
+int store_get_varint(Cursor *c, uint64_t *v) {
   uint64_t r = 0;
   int shift = 0;
   while (c->p < c->end) {
@@ -155,9 +155,9 @@ static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth
   lua_Integer i;
   uint64_t nhash = 0;
   const char *err = NULL;
-  if (depth >= RB_MAX_DEPTH) return "tables nested too deeply (or a cycle)";
+  if (depth >= STORE_MAX_DEPTH) return "tables nested too deeply (or a cycle)";
   luaL_checkstack(L, 6, "brisk.store: nesting");
-  rb_put_varint(b, (uint64_t)narr);
+  store_put_varint(b, (uint64_t)narr);
   for (i = 1; i <= narr; i++) {
     lua_rawgeti(L, idx, i);
     err = enc_value(L, b, -1, smt, depth + 1);
@@ -172,7 +172,7 @@ static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth
     }
     lua_pop(L, 1);
   }
-  rb_put_varint(b, nhash);
+  store_put_varint(b, nhash);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (!in_seq(L, -2, narr) && !(skip && skip(L, -2, -1))) {
@@ -191,19 +191,19 @@ static const char *enc_stanza(lua_State *L, Buffer *b, int idx, int smt, int dep
   lua_Integer n, i;
   size_t len;
   const char *s;
-  if (depth >= RB_MAX_DEPTH) return "stanzas nested too deeply (or a cycle)";
+  if (depth >= STORE_MAX_DEPTH) return "stanzas nested too deeply (or a cycle)";
   luaL_checkstack(L, 4, "brisk.store: nesting");
-  rb_put_byte(b, T_STANZA);
+  store_put_byte(b, T_STANZA);
   if (lua_getfield(L, idx, "name") != LUA_TSTRING) { lua_settop(L, top); return "malformed stanza (name is not a string)"; }
   s = lua_tolstring(L, -1, &len);
-  rb_put_str(b, s, len);
+  store_put_str(b, s, len);
   lua_pop(L, 1);
   if (lua_getfield(L, idx, "attr") != LUA_TTABLE) { lua_settop(L, top); return "malformed stanza (attr is not a table)"; }
   err = enc_body(L, b, lua_gettop(L), smt, depth + 1, NULL);
   lua_settop(L, top);
   if (err) return err;
   n = seq_len(L, idx);
-  rb_put_varint(b, (uint64_t)n);
+  store_put_varint(b, (uint64_t)n);
   for (i = 1; i <= n; i++) {
     int t = lua_rawgeti(L, idx, i);
     if (t != LUA_TSTRING && t != LUA_TTABLE) { lua_settop(L, top); return "malformed stanza (child is neither text nor element)"; }
@@ -218,15 +218,15 @@ static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int dept
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
-      rb_put_byte(b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+      store_put_byte(b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
       return NULL;
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) {
         uint64_t u = (uint64_t)lua_tointeger(L, idx);
         /* Zigzag, so small negative numbers stay short. */
         uint64_t z = (u << 1) ^ (uint64_t)(-(int64_t)(u >> 63));
-        rb_put_byte(b, T_INT);
-        rb_put_varint(b, z);
+        store_put_byte(b, T_INT);
+        store_put_varint(b, z);
       } else {
         double d = lua_tonumber(L, idx);
         uint64_t bits;
@@ -234,22 +234,22 @@ static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int dept
         int i;
         memcpy(&bits, &d, 8);
         for (i = 0; i < 8; i++) le[i] = (unsigned char)(bits >> (8 * i));
-        rb_put_byte(b, T_FLOAT);
-        rb_put(b, le, 8);
+        store_put_byte(b, T_FLOAT);
+        store_put(b, le, 8);
       }
       return NULL;
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
-      rb_put_byte(b, T_STRING);
-      rb_put_str(b, s, len);
+      store_put_byte(b, T_STRING);
+      store_put_str(b, s, len);
       return NULL;
     }
     case LUA_TTABLE:
       if (is_stanza(L, idx, smt))
         return enc_stanza(L, b, idx, smt, depth);
       /* Any other metatable is ignored, as Prosody's own serializers do. */
-      rb_put_byte(b, T_TABLE);
+      store_put_byte(b, T_TABLE);
       return enc_body(L, b, idx, smt, depth, NULL);
     case LUA_TFUNCTION:
       return "cannot store a function (only strings, numbers, booleans, tables and stanzas)";
@@ -260,7 +260,7 @@ static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int dept
   }
 }
 
-const char *rb_encode_value(lua_State *L, Buffer *b, int idx, int smt) {
+const char *store_encode_value(lua_State *L, Buffer *b, int idx, int smt) {
   const char *err = enc_value(L, b, idx, smt, 0);
   if (!err && b->oom) err = "out of memory";
   return err;
@@ -317,7 +317,7 @@ static int skip_compact(lua_State *L, int kidx, int vidx) {
   return compact_field(L, kidx, vidx) != 0;
 }
 
-int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int names, const char **err) {
+int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int names, const char **err) {
   int flags = 0, has_groups = 0, extra = 0;
   idx = lua_absindex(L, idx);
   *err = NULL;
@@ -329,8 +329,8 @@ int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int name
     }
     if (!plain) {
       /* Not a plain table (a stanza, a string, ...): the general form keeps it exact. */
-      *err = rb_encode_value(L, b, idx, smt);
-      return *err ? -1 : RB_KIND_VALUE;
+      *err = store_encode_value(L, b, idx, smt);
+      return *err ? -1 : STORE_KIND_VALUE;
     }
   }
   luaL_checkstack(L, 6, "brisk.store: roster item");
@@ -347,13 +347,13 @@ int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int name
     lua_pop(L, 1);
   }
   if (extra) flags |= F_EXTRA;
-  rb_put_byte(b, (unsigned char)flags);
+  store_put_byte(b, (unsigned char)flags);
   if (flags & F_NAME) {
     size_t len;
     const char *s;
     lua_getfield(L, idx, "name");
     s = lua_tolstring(L, -1, &len);
-    rb_put_str(b, s, len);
+    store_put_str(b, s, len);
     lua_pop(L, 1);
   }
   if (has_groups) {
@@ -363,7 +363,7 @@ int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int name
     g = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, g)) { n++; lua_pop(L, 1); }
-    rb_put_varint(b, n + 1);
+    store_put_varint(b, n + 1);
     lua_pushnil(L);
     while (lua_next(L, g)) {
       lua_Integer gi;
@@ -381,30 +381,30 @@ int rb_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int name
         lua_rawset(L, dict);
       }
       lua_pop(L, 1);
-      rb_put_varint(b, (uint64_t)gi);
+      store_put_varint(b, (uint64_t)gi);
     }
     lua_pop(L, 1);
   } else {
-    rb_put_varint(b, 0);
+    store_put_varint(b, 0);
   }
   if (extra) {
     *err = enc_body(L, b, idx, smt, 1, skip_compact);
     if (*err) return -1;
   }
   if (b->oom) { *err = "out of memory"; return -1; }
-  return RB_KIND_ITEM;
+  return STORE_KIND_ITEM;
 }
 
-const char *rb_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt) {
+const char *store_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, names), i;
   const char *err;
-  rb_put_varint(b, (uint64_t)n);
+  store_put_varint(b, (uint64_t)n);
   for (i = 1; i <= n; i++) {
     size_t len;
     const char *s;
     lua_rawgeti(L, names, i);
     s = lua_tolstring(L, -1, &len);
-    rb_put_str(b, s ? s : "", s ? len : 0);
+    store_put_str(b, s ? s : "", s ? len : 0);
     lua_pop(L, 1);
   }
   err = enc_body(L, b, lua_absindex(L, idx), smt, 0, NULL);
@@ -418,7 +418,7 @@ static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth);
 
 static const char *dec_str(lua_State *L, Cursor *c) {
   uint64_t len;
-  if (!rb_get_varint(c, &len)) return "corrupt data (bad length)";
+  if (!store_get_varint(c, &len)) return "corrupt data (bad length)";
   if (len > left(c)) return "corrupt data (string runs past the end)";
   lua_pushlstring(L, (const char *)c->p, (size_t)len);
   c->p += len;
@@ -430,14 +430,14 @@ static const char *dec_body_into(lua_State *L, Cursor *c, int smt, int depth) {
   int t = lua_gettop(L);
   uint64_t narr, nhash, i;
   const char *err;
-  if (depth >= RB_MAX_DEPTH) return "corrupt data (nested too deeply)";
+  if (depth >= STORE_MAX_DEPTH) return "corrupt data (nested too deeply)";
   luaL_checkstack(L, 6, "brisk.store: nesting");
-  if (!rb_get_varint(c, &narr) || narr > left(c)) return "corrupt data (bad array length)";
+  if (!store_get_varint(c, &narr) || narr > left(c)) return "corrupt data (bad array length)";
   for (i = 1; i <= narr; i++) {
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) return err;
     lua_rawseti(L, t, (lua_Integer)i);
   }
-  if (!rb_get_varint(c, &nhash) || nhash > left(c) / 2) return "corrupt data (bad pair count)";
+  if (!store_get_varint(c, &nhash) || nhash > left(c) / 2) return "corrupt data (bad pair count)";
   for (i = 0; i < nhash; i++) {
     if (c->p >= c->end || *c->p > T_STRING) return "corrupt data (bad key)";
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) return err;
@@ -464,7 +464,7 @@ static const char *dec_stanza(lua_State *L, Cursor *c, int smt, int depth) {
   uint64_t n, i;
   lua_Integer ntags = 0;
   const char *err;
-  if (depth >= RB_MAX_DEPTH) return "corrupt data (nested too deeply)";
+  if (depth >= STORE_MAX_DEPTH) return "corrupt data (nested too deeply)";
   luaL_checkstack(L, 6, "brisk.store: nesting");
   lua_createtable(L, 0, 4);
   t = lua_gettop(L);
@@ -474,7 +474,7 @@ static const char *dec_stanza(lua_State *L, Cursor *c, int smt, int depth) {
   lua_setfield(L, t, "attr");
   lua_newtable(L);
   tags = lua_gettop(L);
-  if (!rb_get_varint(c, &n) || n > left(c)) { err = "corrupt data (bad child count)"; goto fail; }
+  if (!store_get_varint(c, &n) || n > left(c)) { err = "corrupt data (bad child count)"; goto fail; }
   for (i = 1; i <= n; i++) {
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) goto fail;
     if (lua_type(L, -1) == LUA_TTABLE) {
@@ -506,7 +506,7 @@ static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth) {
     case T_TRUE: lua_pushboolean(L, 1); return NULL;
     case T_INT: {
       uint64_t z;
-      if (!rb_get_varint(c, &z)) return "corrupt data (bad integer)";
+      if (!store_get_varint(c, &z)) return "corrupt data (bad integer)";
       lua_pushinteger(L, (lua_Integer)((z >> 1) ^ (uint64_t)(-(int64_t)(z & 1))));
       return NULL;
     }
@@ -528,7 +528,7 @@ static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth) {
   }
 }
 
-const char *rb_decode_value(lua_State *L, Cursor *c, int smt) {
+const char *store_decode_value(lua_State *L, Cursor *c, int smt) {
   return dec_value(L, c, smt, 0);
 }
 
@@ -543,7 +543,7 @@ static const char *const item_strings[K_COUNT] = {
   "none", "to", "from", "both"
 };
 
-int rb_push_item_keys(lua_State *L) {
+int store_push_item_keys(lua_State *L) {
   int i;
   luaL_checkstack(L, K_COUNT + 8, "brisk.store: item keys");
   for (i = 0; i < K_COUNT; i++) lua_pushstring(L, item_strings[i]);
@@ -556,7 +556,7 @@ static void set_kv(lua_State *L, int t, int keys, int k, int v) {
   lua_rawset(L, t);
 }
 
-const char *rb_decode_item(lua_State *L, Cursor *c, int smt, int names, int keys) {
+const char *store_decode_item(lua_State *L, Cursor *c, int smt, int names, int keys) {
   int t, flags, sub;
   uint64_t ng, i;
   const char *err = NULL;
@@ -582,14 +582,14 @@ const char *rb_decode_item(lua_State *L, Cursor *c, int smt, int names, int keys
     if ((err = dec_str(L, c)) != NULL) goto fail;
     lua_rawset(L, t);
   }
-  if (!rb_get_varint(c, &ng) || ng > left(c) + 1) { err = "corrupt data (bad group count)"; goto fail; }
+  if (!store_get_varint(c, &ng) || ng > left(c) + 1) { err = "corrupt data (bad group count)"; goto fail; }
   if (ng > 0) {
     lua_Integer nnames = (lua_Integer)lua_rawlen(L, names);
     lua_pushvalue(L, keys + K_GROUPS);
     lua_createtable(L, 0, (int)(ng - 1));
     for (i = 1; i < ng; i++) {
       uint64_t gi;
-      if (!rb_get_varint(c, &gi) || gi >= (uint64_t)nnames) { err = "corrupt data (group index out of range)"; goto fail; }
+      if (!store_get_varint(c, &gi) || gi >= (uint64_t)nnames) { err = "corrupt data (group index out of range)"; goto fail; }
       lua_rawgeti(L, names, (lua_Integer)gi + 1);
       lua_pushboolean(L, 1);
       lua_rawset(L, -3);
@@ -612,12 +612,12 @@ fail:
   return err;
 }
 
-const char *rb_decode_meta(lua_State *L, Cursor *c, int smt) {
+const char *store_decode_meta(lua_State *L, Cursor *c, int smt) {
   uint64_t n, i;
   int base = lua_gettop(L);
   const char *err;
   luaL_checkstack(L, 6, "brisk.store: roster metadata");
-  if (!rb_get_varint(c, &n) || n > left(c)) return "corrupt data (bad group name count)";
+  if (!store_get_varint(c, &n) || n > left(c)) return "corrupt data (bad group name count)";
   lua_createtable(L, (int)n, 0);
   for (i = 1; i <= n; i++) {
     if ((err = dec_str(L, c)) != NULL) { lua_settop(L, base); return err; }

@@ -88,7 +88,7 @@ typedef struct DB {
   int has_key;
   unsigned char key[KEY_BYTES];
   unsigned char rowkey[32];         /* derived from key: hashes row keys */
-  unsigned char hk[RB_HASH_LEN];    /* the last row key hashed */
+  unsigned char hk[STORE_HASH_LEN];    /* the last row key hashed */
 } DB;
 
 /* The identity of the rows an operation touches. */
@@ -101,12 +101,12 @@ typedef struct Scope {
 /* ---------------------------------------------------------------- plumbing */
 
 static void free_buffers(DB *d) {
-  rb_buf_free(&d->buf);
-  rb_buf_free(&d->out);
+  store_buffer_free(&d->buf);
+  store_buffer_free(&d->out);
   if (d->plain.p) sodium_memzero(d->plain.p, d->plain.cap);
-  rb_buf_free(&d->plain);
-  rb_buf_free(&d->ctx);
-  rb_buf_free(&d->ad);
+  store_buffer_free(&d->plain);
+  store_buffer_free(&d->ctx);
+  store_buffer_free(&d->ad);
 }
 
 static void db_close(DB *d) {
@@ -254,23 +254,23 @@ static void bind_scope(sqlite3_stmt *s, const Scope *sc) {
 /* Row identity: host, user (length+1, 0 for host-level), store, then the key. */
 static void ctx_scope(DB *d, const Scope *sc, const char *user, size_t ulen) {
   d->ctx.n = 0;
-  rb_put_str(&d->ctx, sc->host, sc->hlen);
+  store_put_str(&d->ctx, sc->host, sc->hlen);
   if (user) {
-    rb_put_varint(&d->ctx, (uint64_t)ulen + 1);
-    rb_put(&d->ctx, user, ulen);
+    store_put_varint(&d->ctx, (uint64_t)ulen + 1);
+    store_put(&d->ctx, user, ulen);
   } else {
-    rb_put_varint(&d->ctx, 0);
+    store_put_varint(&d->ctx, 0);
   }
-  rb_put_str(&d->ctx, sc->store, sc->slen);
+  store_put_str(&d->ctx, sc->store, sc->slen);
   d->ctx_prefix = d->ctx.n;
 }
 
 static void ctx_key(DB *d, const char *key, size_t klen) {
   d->ctx.n = d->ctx_prefix;
-  rb_put_str(&d->ctx, key, klen);
+  store_put_str(&d->ctx, key, klen);
 }
 
-/* BLAKE2b-128 of data then ctx (ctx may be NULL), truncated to RB_CHECKSUM bytes. */
+/* BLAKE2b-128 of data then ctx (ctx may be NULL), truncated to STORE_CHECKSUM bytes. */
 /*
 ** With a key, map keys are not stored as text: the key column holds a keyed
 ** BLAKE2b-128 hash of the key (a 16-byte BLOB), and the key itself travels
@@ -282,14 +282,14 @@ static int hashed(const DB *d, size_t klen) {
 }
 
 static void hash_key(const DB *d, const char *key, size_t klen, unsigned char *out) {
-  crypto_generichash(out, RB_HASH_LEN, (const unsigned char *)key, klen, d->rowkey, sizeof d->rowkey);
+  crypto_generichash(out, STORE_HASH_LEN, (const unsigned char *)key, klen, d->rowkey, sizeof d->rowkey);
 }
 
 /* Bind a key column: the hash (computed into d->hk) or the text. */
 static void bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash) {
   if (as_hash) {
     hash_key(d, key, klen, d->hk);
-    sqlite3_bind_blob(s, col, d->hk, RB_HASH_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(s, col, d->hk, STORE_HASH_LEN, SQLITE_STATIC);
   } else {
     sqlite3_bind_text(s, col, key, (int)klen, SQLITE_STATIC);
   }
@@ -302,27 +302,27 @@ static void bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t kl
 static const char *take_key(const DB *d, Cursor *c, const unsigned char *stored, size_t slen,
                             const char **key, size_t *klen) {
   uint64_t n;
-  unsigned char h[RB_HASH_LEN];
+  unsigned char h[STORE_HASH_LEN];
   if (!d->has_key) return "data is encrypted but no key is configured (brisk_storage_key_file)";
-  if (slen != RB_HASH_LEN) return "corrupt data (bad row key)";
-  if (!rb_get_varint(c, &n) || n == 0 || n > (uint64_t)(c->end - c->p)) return "corrupt data (bad row key)";
+  if (slen != STORE_HASH_LEN) return "corrupt data (bad row key)";
+  if (!store_get_varint(c, &n) || n == 0 || n > (uint64_t)(c->end - c->p)) return "corrupt data (bad row key)";
   *key = (const char *)c->p;
   *klen = (size_t)n;
   c->p += n;
   hash_key(d, *key, *klen, h);
-  if (sodium_memcmp(h, stored, RB_HASH_LEN) != 0) return "corrupt data (row key mismatch)";
+  if (sodium_memcmp(h, stored, STORE_HASH_LEN) != 0) return "corrupt data (row key mismatch)";
   return NULL;
 }
 
 static void checksum2(const unsigned char *data, size_t len, const unsigned char *ctx, size_t clen,
                       unsigned char *outp) {
   crypto_generichash_state h;
-  unsigned char full[RB_HASH_LEN];
-  crypto_generichash_init(&h, NULL, 0, RB_HASH_LEN);
+  unsigned char full[STORE_HASH_LEN];
+  crypto_generichash_init(&h, NULL, 0, STORE_HASH_LEN);
   crypto_generichash_update(&h, data, len);
   if (clen) crypto_generichash_update(&h, ctx, clen);
-  crypto_generichash_final(&h, full, RB_HASH_LEN);
-  memcpy(outp, full, RB_CHECKSUM);
+  crypto_generichash_final(&h, full, STORE_HASH_LEN);
+  memcpy(outp, full, STORE_CHECKSUM);
 }
 
 static void checksum(const unsigned char *data, size_t len, const Buffer *ctx, unsigned char *outp) {
@@ -331,32 +331,32 @@ static void checksum(const unsigned char *data, size_t len, const Buffer *ctx, u
 
 /* Seal d->buf (a payload of "kind") into d->out. */
 static const char *seal(DB *d, int kind) {
-  unsigned char hdr[RB_HEADER];
-  hdr[0] = RB_FORMAT_VERSION;
-  hdr[1] = (unsigned char)(kind | (d->has_key ? RB_KIND_ENCRYPTED : 0));
+  unsigned char hdr[STORE_HEADER];
+  hdr[0] = STORE_FORMAT_VERSION;
+  hdr[1] = (unsigned char)(kind | (d->has_key ? STORE_KIND_ENCRYPTED : 0));
   d->out.n = 0;
   if (d->buf.oom || d->ctx.oom) return "out of memory";
-  rb_put(&d->out, hdr, RB_HEADER);
+  store_put(&d->out, hdr, STORE_HEADER);
   if (!d->has_key) {
-    unsigned char sum[RB_CHECKSUM];
-    rb_put(&d->out, d->buf.p, d->buf.n);
+    unsigned char sum[STORE_CHECKSUM];
+    store_put(&d->out, d->buf.p, d->buf.n);
     if (d->out.oom) return "out of memory";
     checksum(d->out.p, d->out.n, &d->ctx, sum);
-    rb_put(&d->out, sum, RB_CHECKSUM);
+    store_put(&d->out, sum, STORE_CHECKSUM);
   } else {
-    unsigned char nonce[RB_NONCE], mac[RB_MAC];
+    unsigned char nonce[STORE_NONCE], mac[STORE_MAC];
     unsigned long long clen = 0;
     size_t at;
     d->ad.n = 0;
-    rb_put(&d->ad, hdr, RB_HEADER);
-    rb_put(&d->ad, d->ctx.p, d->ctx.n);
+    store_put(&d->ad, hdr, STORE_HEADER);
+    store_put(&d->ad, d->ctx.p, d->ctx.n);
     randombytes_buf(nonce, sizeof nonce);
-    rb_put(&d->out, nonce, sizeof nonce);
+    store_put(&d->out, nonce, sizeof nonce);
     at = d->out.n;
     /* Reserve room for the ciphertext and tag by appending placeholders. */
-    rb_put(&d->out, d->buf.p, d->buf.n);
+    store_put(&d->out, d->buf.p, d->buf.n);
     memset(mac, 0, sizeof mac);
-    rb_put(&d->out, mac, sizeof mac);
+    store_put(&d->out, mac, sizeof mac);
     if (d->out.oom || d->ad.oom) return "out of memory";
     crypto_aead_xchacha20poly1305_ietf_encrypt(d->out.p + at, &clen, d->buf.p, d->buf.n,
                                                d->ad.p, d->ad.n, NULL, nonce, d->key);
@@ -367,36 +367,36 @@ static const char *seal(DB *d, int kind) {
 /* Check and open a stored blob; on success *cur spans its payload. */
 static const char *unseal(DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur) {
   int k;
-  if (blob == NULL || len < RB_HEADER) return "corrupt data (blob too short)";
-  if (blob[0] != RB_FORMAT_VERSION) return "unsupported or corrupt data (unknown format version)";
-  k = blob[1] & ~RB_KIND_ENCRYPTED;
-  if (blob[1] & RB_KIND_ENCRYPTED) {
+  if (blob == NULL || len < STORE_HEADER) return "corrupt data (blob too short)";
+  if (blob[0] != STORE_FORMAT_VERSION) return "unsupported or corrupt data (unknown format version)";
+  k = blob[1] & ~STORE_KIND_ENCRYPTED;
+  if (blob[1] & STORE_KIND_ENCRYPTED) {
     unsigned long long plen = 0;
     if (!d->has_key) return "data is encrypted but no key is configured (brisk_storage_key_file)";
-    if (len < RB_HEADER + RB_NONCE + RB_MAC) return "corrupt data (encrypted blob too short)";
+    if (len < STORE_HEADER + STORE_NONCE + STORE_MAC) return "corrupt data (encrypted blob too short)";
     d->ad.n = 0;
-    rb_put(&d->ad, blob, RB_HEADER);
-    rb_put(&d->ad, d->ctx.p, d->ctx.n);
+    store_put(&d->ad, blob, STORE_HEADER);
+    store_put(&d->ad, d->ctx.p, d->ctx.n);
     d->plain.n = 0;
-    rb_put(&d->plain, blob, len); /* only to reserve room */
+    store_put(&d->plain, blob, len); /* only to reserve room */
     if (d->ad.oom || d->plain.oom || d->ctx.oom) return "out of memory";
     if (crypto_aead_xchacha20poly1305_ietf_decrypt(d->plain.p, &plen, NULL,
-          blob + RB_HEADER + RB_NONCE, len - RB_HEADER - RB_NONCE, d->ad.p, d->ad.n,
-          blob + RB_HEADER, d->key) != 0)
+          blob + STORE_HEADER + STORE_NONCE, len - STORE_HEADER - STORE_NONCE, d->ad.p, d->ad.n,
+          blob + STORE_HEADER, d->key) != 0)
       return "decryption failed (wrong key or corrupted data)";
     cur->p = d->plain.p;
     cur->end = d->plain.p + plen;
   } else {
-    unsigned char sum[RB_CHECKSUM];
-    if (len < RB_HEADER + RB_CHECKSUM) return "corrupt data (blob too short)";
+    unsigned char sum[STORE_CHECKSUM];
+    if (len < STORE_HEADER + STORE_CHECKSUM) return "corrupt data (blob too short)";
     if (d->ctx.oom) return "out of memory";
-    checksum(blob, len - RB_CHECKSUM, &d->ctx, sum);
-    if (sodium_memcmp(sum, blob + len - RB_CHECKSUM, RB_CHECKSUM) != 0)
+    checksum(blob, len - STORE_CHECKSUM, &d->ctx, sum);
+    if (sodium_memcmp(sum, blob + len - STORE_CHECKSUM, STORE_CHECKSUM) != 0)
       return "corrupt data (checksum mismatch)";
-    cur->p = blob + RB_HEADER;
-    cur->end = blob + len - RB_CHECKSUM;
+    cur->p = blob + STORE_HEADER;
+    cur->end = blob + len - STORE_CHECKSUM;
   }
-  if (k != RB_KIND_VALUE && k != RB_KIND_ITEM && k != RB_KIND_META) return "corrupt data (unknown payload kind)";
+  if (k != STORE_KIND_VALUE && k != STORE_KIND_ITEM && k != STORE_KIND_META) return "corrupt data (unknown payload kind)";
   *kind = k;
   return NULL;
 }
@@ -404,8 +404,8 @@ static const char *unseal(DB *d, const unsigned char *blob, size_t len, int *kin
 /* Decode a whole payload of a general value and require nothing left over. */
 static const char *decode_exact(lua_State *L, Cursor *c, int kind, int smt, int names, int keys) {
   const char *err;
-  if (kind == RB_KIND_VALUE) err = rb_decode_value(L, c, smt);
-  else if (kind == RB_KIND_ITEM) err = rb_decode_item(L, c, smt, names, keys);
+  if (kind == STORE_KIND_VALUE) err = store_decode_value(L, c, smt);
+  else if (kind == STORE_KIND_ITEM) err = store_decode_item(L, c, smt, names, keys);
   else return "corrupt data (unexpected metadata payload)";
   if (err) return err;
   if (c->p != c->end) {
@@ -422,11 +422,11 @@ static const char *decode_exact(lua_State *L, Cursor *c, int kind, int smt, int 
 */
 static const char *decode_extra(lua_State *L, Cursor *c, int kind, int smt) {
   const char *err;
-  if (kind == RB_KIND_META) {
-    if ((err = rb_decode_meta(L, c, smt)) != NULL) return err;
-  } else if (kind == RB_KIND_VALUE) {
+  if (kind == STORE_KIND_META) {
+    if ((err = store_decode_meta(L, c, smt)) != NULL) return err;
+  } else if (kind == STORE_KIND_VALUE) {
     lua_newtable(L);
-    if ((err = rb_decode_value(L, c, smt)) != NULL) { lua_pop(L, 1); return err; }
+    if ((err = store_decode_value(L, c, smt)) != NULL) { lua_pop(L, 1); return err; }
     if (!lua_istable(L, -1)) { lua_pop(L, 2); return "corrupt data (extra entries are not a table)"; }
   } else {
     return "corrupt data (contact payload under the empty key)";
@@ -527,7 +527,7 @@ static int m_get(lua_State *L) {
   result = lua_gettop(L);
   lua_newtable(L);
   names = lua_gettop(L);
-  keys = rb_push_item_keys(L);
+  keys = store_push_item_keys(L);
   if ((s = stmt(d, S_ROWS)) == NULL) return fail(L, d, NULL);
   bind_scope(s, &sc);
   while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -612,7 +612,7 @@ static int m_get_key(lua_State *L) {
   } else {
     lua_newtable(L);
   }
-  rb_push_item_keys(L); /* at 9 */
+  store_push_item_keys(L); /* at 9 */
   {
     size_t klen;
     const char *key = lua_tolstring(L, 6, &klen);
@@ -628,13 +628,13 @@ static int m_get_key(lua_State *L) {
       rc = sqlite3_step(s);
       if (rc == SQLITE_DONE) { sqlite3_reset(s); continue; }
       if (rc != SQLITE_ROW) { sqlite3_reset(s); return fail(L, d, NULL); }
-      if (as_hash) ctx_key(d, (const char *)d->hk, RB_HASH_LEN);
+      if (as_hash) ctx_key(d, (const char *)d->hk, STORE_HASH_LEN);
       else ctx_key(d, key, klen);
       err = unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
       if (!err && as_hash) {
         const char *real;
         size_t rlen;
-        err = take_key(d, &c, d->hk, RB_HASH_LEN, &real, &rlen);
+        err = take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
         if (!err && (rlen != klen || memcmp(real, key, klen) != 0)) err = "corrupt data (row key mismatch)";
       }
       if (!err) err = decode_exact(L, &c, kind, smt, 8, 9);
@@ -665,7 +665,7 @@ static int m_get_all(lua_State *L) {
   if (!found || klen == 0) { lua_pushnil(L); return 1; }
   lua_newtable(L);
   result = lua_gettop(L);
-  keys = rb_push_item_keys(L);
+  keys = store_push_item_keys(L);
   {
   int pass;
   for (pass = hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
@@ -692,7 +692,7 @@ static int m_get_all(lua_State *L) {
     }
     if (as_hash) {
       hash_key(d, key, klen, d->hk);
-      ctx_key(d, (const char *)d->hk, RB_HASH_LEN);
+      ctx_key(d, (const char *)d->hk, STORE_HASH_LEN);
     } else {
       ctx_key(d, key, klen);
     }
@@ -700,7 +700,7 @@ static int m_get_all(lua_State *L) {
     if (!err && as_hash) {
       const char *real;
       size_t rlen;
-      err = take_key(d, &c, d->hk, RB_HASH_LEN, &real, &rlen);
+      err = take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
     }
     lua_pushlstring(L, user, ulen);
     if (!err) err = decode_exact(L, &c, kind, smt, lua_gettop(L) - 1, keys);
@@ -783,17 +783,17 @@ static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key
   int kind, as_hash = hashed(d, klen);
   sqlite3_stmt *s;
   d->buf.n = 0;
-  if (as_hash) rb_put_str(&d->buf, key, klen);
+  if (as_hash) store_put_str(&d->buf, key, klen);
   if (roster) {
-    kind = rb_encode_item(L, &d->buf, vidx, smt, dict, names, &err);
+    kind = store_encode_item(L, &d->buf, vidx, smt, dict, names, &err);
     if (kind < 0) return err;
   } else {
-    if ((err = rb_encode_value(L, &d->buf, vidx, smt)) != NULL) return err;
-    kind = RB_KIND_VALUE;
+    if ((err = store_encode_value(L, &d->buf, vidx, smt)) != NULL) return err;
+    kind = STORE_KIND_VALUE;
   }
   if (as_hash) {
     hash_key(d, key, klen, d->hk);
-    ctx_key(d, (const char *)d->hk, RB_HASH_LEN);
+    ctx_key(d, (const char *)d->hk, STORE_HASH_LEN);
   } else {
     ctx_key(d, key, klen);
   }
@@ -845,11 +845,11 @@ static const char *put_extra(lua_State *L, DB *d, const Scope *sc, int roster, i
   }
   d->buf.n = 0;
   if (roster) {
-    err = rb_encode_meta(L, &d->buf, names, extras, smt);
-    kind = RB_KIND_META;
+    err = store_encode_meta(L, &d->buf, names, extras, smt);
+    kind = STORE_KIND_META;
   } else {
-    err = rb_encode_value(L, &d->buf, extras, smt);
-    kind = RB_KIND_VALUE;
+    err = store_encode_value(L, &d->buf, extras, smt);
+    kind = STORE_KIND_VALUE;
   }
   if (err) return err;
   ctx_key(d, "", 0);
@@ -872,7 +872,7 @@ static int key_type_ok(lua_State *L, int idx) {
 typedef struct RowKey {
   const char *s;
   size_t len;
-  unsigned char h[RB_HASH_LEN];  /* the stored form, when keys are hashed */
+  unsigned char h[STORE_HASH_LEN];  /* the stored form, when keys are hashed */
 } RowKey;
 
 static int rowkey_cmp(const void *a, const void *b) {
@@ -883,7 +883,7 @@ static int rowkey_cmp(const void *a, const void *b) {
 }
 
 static int rowkey_hash_cmp(const void *a, const void *b) {
-  return memcmp(((const RowKey *)a)->h, ((const RowKey *)b)->h, RB_HASH_LEN);
+  return memcmp(((const RowKey *)a)->h, ((const RowKey *)b)->h, STORE_HASH_LEN);
 }
 
 /* db:set(host, user, store, roster, data|nil) -> true | nil, err (one transaction) */
@@ -1386,7 +1386,7 @@ static int l_open(lua_State *L) {
 #define BUF_MT "brisk.store.Buffer"
 
 static int buf_gc(lua_State *L) {
-  rb_buf_free((Buffer *)luaL_checkudata(L, 1, BUF_MT));
+  store_buffer_free((Buffer *)luaL_checkudata(L, 1, BUF_MT));
   return 0;
 }
 
@@ -1407,53 +1407,53 @@ static int opt_stanza_mt(lua_State *L, int arg) {
 static int l_pack(lua_State *L) {
   Buffer *b;
   const char *err;
-  unsigned char hdr[RB_HEADER] = { RB_FORMAT_VERSION, RB_KIND_VALUE };
-  unsigned char sum[RB_CHECKSUM];
+  unsigned char hdr[STORE_HEADER] = { STORE_FORMAT_VERSION, STORE_KIND_VALUE };
+  unsigned char sum[STORE_CHECKSUM];
   int smt;
   luaL_checkany(L, 1);
   smt = opt_stanza_mt(L, 2);
   lua_settop(L, 2);
   b = new_scratch(L);
-  rb_put(b, hdr, sizeof hdr);
-  err = rb_encode_value(L, b, 1, smt);
+  store_put(b, hdr, sizeof hdr);
+  err = store_encode_value(L, b, 1, smt);
   if (!err) {
     checksum2(b->p, b->n, NULL, 0, sum);
-    rb_put(b, sum, RB_CHECKSUM);
+    store_put(b, sum, STORE_CHECKSUM);
     if (b->oom) err = "out of memory";
   }
   if (err) {
-    rb_buf_free(b);
+    store_buffer_free(b);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
   }
   lua_pushlstring(L, (const char *)b->p, b->n);
-  rb_buf_free(b);
+  store_buffer_free(b);
   return 1;
 }
 
 static int l_unpack(lua_State *L) {
   size_t len;
   const unsigned char *blob = (const unsigned char *)luaL_checklstring(L, 1, &len);
-  unsigned char sum[RB_CHECKSUM];
+  unsigned char sum[STORE_CHECKSUM];
   Cursor c;
   const char *err;
   int smt = opt_stanza_mt(L, 2);
   lua_settop(L, 2);
-  if (len < RB_HEADER + RB_CHECKSUM || blob[0] != RB_FORMAT_VERSION || blob[1] != RB_KIND_VALUE) {
+  if (len < STORE_HEADER + STORE_CHECKSUM || blob[0] != STORE_FORMAT_VERSION || blob[1] != STORE_KIND_VALUE) {
     lua_pushnil(L);
     lua_pushliteral(L, "not a brisk value");
     return 2;
   }
-  checksum2(blob, len - RB_CHECKSUM, NULL, 0, sum);
-  if (sodium_memcmp(sum, blob + len - RB_CHECKSUM, RB_CHECKSUM) != 0) {
+  checksum2(blob, len - STORE_CHECKSUM, NULL, 0, sum);
+  if (sodium_memcmp(sum, blob + len - STORE_CHECKSUM, STORE_CHECKSUM) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "corrupt data (checksum mismatch)");
     return 2;
   }
-  c.p = blob + RB_HEADER;
-  c.end = blob + len - RB_CHECKSUM;
-  err = rb_decode_value(L, &c, smt);
+  c.p = blob + STORE_HEADER;
+  c.end = blob + len - STORE_CHECKSUM;
+  err = store_decode_value(L, &c, smt);
   if (!err && c.p != c.end) { lua_pop(L, 1); err = "corrupt data (trailing bytes)"; }
   if (err) { lua_pushnil(L); lua_pushstring(L, err); return 2; }
   return 1;
@@ -1492,12 +1492,12 @@ static int l_decode_raw(lua_State *L) {
   c.p = p;
   c.end = p + len;
   if (k == 2) {
-    err = rb_decode_meta(L, &c, smt);
+    err = store_decode_meta(L, &c, smt);
     if (!err && c.p != c.end) { lua_pop(L, 2); err = "corrupt data (trailing bytes)"; }
     if (!err) return 2;
   } else {
-    int keys = rb_push_item_keys(L);
-    err = decode_exact(L, &c, k == 0 ? RB_KIND_VALUE : RB_KIND_ITEM, smt, 3, keys);
+    int keys = store_push_item_keys(L);
+    err = decode_exact(L, &c, k == 0 ? STORE_KIND_VALUE : STORE_KIND_ITEM, smt, 3, keys);
     if (!err) return 1;
   }
   lua_pushnil(L);
@@ -1528,17 +1528,17 @@ static int l_encode_raw(lua_State *L) {
     }
   }
   b = new_scratch(L);
-  if (k == 0) err = rb_encode_value(L, b, 2, smt);
-  else if (rb_encode_item(L, b, 2, smt, dict, names, &err) < 0 && !err) err = "encoding failed";
+  if (k == 0) err = store_encode_value(L, b, 2, smt);
+  else if (store_encode_item(L, b, 2, smt, dict, names, &err) < 0 && !err) err = "encoding failed";
   if (!err && b->oom) err = "out of memory";
   if (err) {
-    rb_buf_free(b);
+    store_buffer_free(b);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
   }
   lua_pushlstring(L, (const char *)b->p, b->n);
-  rb_buf_free(b);
+  store_buffer_free(b);
   return 1;
 }
 
@@ -1586,7 +1586,7 @@ BRISK_EXPORT int luaopen_brisk_store(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
-  lua_pushinteger(L, RB_FORMAT_VERSION);
+  lua_pushinteger(L, STORE_FORMAT_VERSION);
   lua_setfield(L, -2, "format_version");
   lua_pushinteger(L, SCHEMA_VERSION);
   lua_setfield(L, -2, "schema_version");
