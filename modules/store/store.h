@@ -1,8 +1,9 @@
 /*
-** store.h — what the parts of brisk.store (codec.c, store.c) share.
+** store.h — what the parts of brisk.store share:
 **
-** codec.c turns Lua values into the compact binary payloads described in
-** docs/storage-format.md and back; store.c keeps them in SQLite.
+**   buffer.c   growable byte buffers, varints, read cursors
+**   codec.c    Lua values <-> the compact payloads of docs/storage-format.md
+**   store.c    keeps them in SQLite
 */
 #ifndef BRISK_STORE_H
 #define BRISK_STORE_H
@@ -29,6 +30,8 @@
 /* Nesting limit for tables and stanzas, on encoding and decoding alike. */
 #define STORE_MAX_DEPTH 100
 
+/* ---------------------------------------------------------------- buffer.c */
+
 /* A growable byte buffer; "oom" is sticky so callers check once at the end. */
 typedef struct Buffer {
   unsigned char *p;
@@ -48,6 +51,8 @@ typedef struct Cursor {
 } Cursor;
 
 int store_get_varint(Cursor *c, uint64_t *v);
+
+/* ---------------------------------------------------------------- codec.c */
 
 /*
 ** Encoders append to "b" and return NULL, or a static error message. "smt"
