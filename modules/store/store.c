@@ -24,13 +24,6 @@
 
 #define DB_MT "brisk.store.DB"
 #define SCHEMA_VERSION 1
-#define KEY_BYTES crypto_aead_xchacha20poly1305_ietf_KEYBYTES
-
-enum {
-  S_NAME_ID, S_NAME_ADD, S_ROWS, S_ROW, S_PUT, S_DEL, S_DEL_SCOPE, S_USERS,
-  S_STORES, S_STORES_ANY, S_PURGE, S_KEY_ALL, S_KEY_DEL, S_OTHER_ROWS,
-  S_BEGIN, S_COMMIT, S_ROLLBACK, S_META_GET, S_META_SET, S_ORPHANS, S_NROWS, S_COUNT
-};
 
 static const char *const sql_text[S_COUNT] = {
   "SELECT id FROM names WHERE name=?1",
@@ -69,35 +62,6 @@ static const char schema_sql[] =
   " store INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
   " PRIMARY KEY(host, user, store, key)) WITHOUT ROWID;";
 
-/*
-** Key derivation labels are part of the format (docs/storage-format.md): they
-** keep the module's old name, brisk.roster, so existing databases open.
-*/
-static const char key_check_label[] = "brisk.roster key check v1";
-
-typedef struct DB {
-  sqlite3 *db;
-  sqlite3_stmt *st[S_COUNT];
-  Buffer buf;     /* payload being encoded */
-  Buffer out;     /* sealed blob */
-  Buffer plain;   /* decrypted payload */
-  Buffer ctx;     /* row identity bound into checksums and AEAD */
-  Buffer ad;      /* header + identity, the AEAD's associated data */
-  size_t ctx_prefix;
-  int in_txn;
-  int has_key;
-  unsigned char key[KEY_BYTES];
-  unsigned char rowkey[32];         /* derived from key: hashes row keys */
-  unsigned char hk[STORE_HASH_LEN];    /* the last row key hashed */
-} DB;
-
-/* The identity of the rows an operation touches. */
-typedef struct Scope {
-  const char *host, *user, *store;
-  size_t hlen, ulen, slen;
-  sqlite3_int64 hid, uid, sid;
-} Scope;
-
 /* ---------------------------------------------------------------- plumbing */
 
 static void free_buffers(DB *d) {
@@ -118,9 +82,7 @@ static void db_close(DB *d) {
   if (d->db) sqlite3_close_v2(d->db);
   d->db = NULL;
   free_buffers(d);
-  sodium_memzero(d->key, sizeof d->key);
-  sodium_memzero(d->rowkey, sizeof d->rowkey);
-  d->has_key = 0;
+  store_clear_key(d);
 }
 
 static DB *check_db(lua_State *L) {
@@ -249,156 +211,16 @@ static void bind_scope(sqlite3_stmt *s, const Scope *sc) {
   sqlite3_bind_int64(s, 3, sc->sid);
 }
 
-/* ---------------------------------------------------------------- sealing */
-
-/* Row identity: host, user (length+1, 0 for host-level), store, then the key. */
-static void ctx_scope(DB *d, const Scope *sc, const char *user, size_t ulen) {
-  d->ctx.n = 0;
-  store_put_str(&d->ctx, sc->host, sc->hlen);
-  if (user) {
-    store_put_varint(&d->ctx, (uint64_t)ulen + 1);
-    store_put(&d->ctx, user, ulen);
-  } else {
-    store_put_varint(&d->ctx, 0);
-  }
-  store_put_str(&d->ctx, sc->store, sc->slen);
-  d->ctx_prefix = d->ctx.n;
-}
-
-static void ctx_key(DB *d, const char *key, size_t klen) {
-  d->ctx.n = d->ctx_prefix;
-  store_put_str(&d->ctx, key, klen);
-}
-
-/* BLAKE2b-128 of data then ctx (ctx may be NULL), truncated to STORE_CHECKSUM bytes. */
-/*
-** With a key, map keys are not stored as text: the key column holds a keyed
-** BLAKE2b-128 hash of the key (a 16-byte BLOB), and the key itself travels
-** at the start of the encrypted payload. Rows can still be found by key, but
-** the file no longer shows contact JIDs. The metadata row keeps the key ''.
-*/
-static int hashed(const DB *d, size_t klen) {
-  return d->has_key && klen > 0;
-}
-
-static void hash_key(const DB *d, const char *key, size_t klen, unsigned char *out) {
-  crypto_generichash(out, STORE_HASH_LEN, (const unsigned char *)key, klen, d->rowkey, sizeof d->rowkey);
-}
+/* ---------------------------------------------------------------- row keys */
 
 /* Bind a key column: the hash (computed into d->hk) or the text. */
 static void bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash) {
   if (as_hash) {
-    hash_key(d, key, klen, d->hk);
+    store_hash_key(d, key, klen, d->hk);
     sqlite3_bind_blob(s, col, d->hk, STORE_HASH_LEN, SQLITE_STATIC);
   } else {
     sqlite3_bind_text(s, col, key, (int)klen, SQLITE_STATIC);
   }
-}
-
-/*
-** A hashed row's payload starts with the real key: take it (pointing into
-** the payload) and check that it hashes to the row's stored key.
-*/
-static const char *take_key(const DB *d, Cursor *c, const unsigned char *stored, size_t slen,
-                            const char **key, size_t *klen) {
-  uint64_t n;
-  unsigned char h[STORE_HASH_LEN];
-  if (!d->has_key) return "data is encrypted but no key is configured (brisk_storage_key_file)";
-  if (slen != STORE_HASH_LEN) return "corrupt data (bad row key)";
-  if (!store_get_varint(c, &n) || n == 0 || n > (uint64_t)(c->end - c->p)) return "corrupt data (bad row key)";
-  *key = (const char *)c->p;
-  *klen = (size_t)n;
-  c->p += n;
-  hash_key(d, *key, *klen, h);
-  if (sodium_memcmp(h, stored, STORE_HASH_LEN) != 0) return "corrupt data (row key mismatch)";
-  return NULL;
-}
-
-static void checksum2(const unsigned char *data, size_t len, const unsigned char *ctx, size_t clen,
-                      unsigned char *outp) {
-  crypto_generichash_state h;
-  unsigned char full[STORE_HASH_LEN];
-  crypto_generichash_init(&h, NULL, 0, STORE_HASH_LEN);
-  crypto_generichash_update(&h, data, len);
-  if (clen) crypto_generichash_update(&h, ctx, clen);
-  crypto_generichash_final(&h, full, STORE_HASH_LEN);
-  memcpy(outp, full, STORE_CHECKSUM);
-}
-
-static void checksum(const unsigned char *data, size_t len, const Buffer *ctx, unsigned char *outp) {
-  checksum2(data, len, ctx->p, ctx->n, outp);
-}
-
-/* Seal d->buf (a payload of "kind") into d->out. */
-static const char *seal(DB *d, int kind) {
-  unsigned char hdr[STORE_HEADER];
-  hdr[0] = STORE_FORMAT_VERSION;
-  hdr[1] = (unsigned char)(kind | (d->has_key ? STORE_KIND_ENCRYPTED : 0));
-  d->out.n = 0;
-  if (d->buf.oom || d->ctx.oom) return "out of memory";
-  store_put(&d->out, hdr, STORE_HEADER);
-  if (!d->has_key) {
-    unsigned char sum[STORE_CHECKSUM];
-    store_put(&d->out, d->buf.p, d->buf.n);
-    if (d->out.oom) return "out of memory";
-    checksum(d->out.p, d->out.n, &d->ctx, sum);
-    store_put(&d->out, sum, STORE_CHECKSUM);
-  } else {
-    unsigned char nonce[STORE_NONCE], mac[STORE_MAC];
-    unsigned long long clen = 0;
-    size_t at;
-    d->ad.n = 0;
-    store_put(&d->ad, hdr, STORE_HEADER);
-    store_put(&d->ad, d->ctx.p, d->ctx.n);
-    randombytes_buf(nonce, sizeof nonce);
-    store_put(&d->out, nonce, sizeof nonce);
-    at = d->out.n;
-    /* Reserve room for the ciphertext and tag by appending placeholders. */
-    store_put(&d->out, d->buf.p, d->buf.n);
-    memset(mac, 0, sizeof mac);
-    store_put(&d->out, mac, sizeof mac);
-    if (d->out.oom || d->ad.oom) return "out of memory";
-    crypto_aead_xchacha20poly1305_ietf_encrypt(d->out.p + at, &clen, d->buf.p, d->buf.n,
-                                               d->ad.p, d->ad.n, NULL, nonce, d->key);
-  }
-  return d->out.oom ? "out of memory" : NULL;
-}
-
-/* Check and open a stored blob; on success *cur spans its payload. */
-static const char *unseal(DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur) {
-  int k;
-  if (blob == NULL || len < STORE_HEADER) return "corrupt data (blob too short)";
-  if (blob[0] != STORE_FORMAT_VERSION) return "unsupported or corrupt data (unknown format version)";
-  k = blob[1] & ~STORE_KIND_ENCRYPTED;
-  if (blob[1] & STORE_KIND_ENCRYPTED) {
-    unsigned long long plen = 0;
-    if (!d->has_key) return "data is encrypted but no key is configured (brisk_storage_key_file)";
-    if (len < STORE_HEADER + STORE_NONCE + STORE_MAC) return "corrupt data (encrypted blob too short)";
-    d->ad.n = 0;
-    store_put(&d->ad, blob, STORE_HEADER);
-    store_put(&d->ad, d->ctx.p, d->ctx.n);
-    d->plain.n = 0;
-    store_put(&d->plain, blob, len); /* only to reserve room */
-    if (d->ad.oom || d->plain.oom || d->ctx.oom) return "out of memory";
-    if (crypto_aead_xchacha20poly1305_ietf_decrypt(d->plain.p, &plen, NULL,
-          blob + STORE_HEADER + STORE_NONCE, len - STORE_HEADER - STORE_NONCE, d->ad.p, d->ad.n,
-          blob + STORE_HEADER, d->key) != 0)
-      return "decryption failed (wrong key or corrupted data)";
-    cur->p = d->plain.p;
-    cur->end = d->plain.p + plen;
-  } else {
-    unsigned char sum[STORE_CHECKSUM];
-    if (len < STORE_HEADER + STORE_CHECKSUM) return "corrupt data (blob too short)";
-    if (d->ctx.oom) return "out of memory";
-    checksum(blob, len - STORE_CHECKSUM, &d->ctx, sum);
-    if (sodium_memcmp(sum, blob + len - STORE_CHECKSUM, STORE_CHECKSUM) != 0)
-      return "corrupt data (checksum mismatch)";
-    cur->p = blob + STORE_HEADER;
-    cur->end = blob + len - STORE_CHECKSUM;
-  }
-  if (k != STORE_KIND_VALUE && k != STORE_KIND_ITEM && k != STORE_KIND_META) return "corrupt data (unknown payload kind)";
-  *kind = k;
-  return NULL;
 }
 
 /* Decode a whole payload of a general value and require nothing left over. */
@@ -474,8 +296,8 @@ static const char *load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int
   sqlite3_bind_text(s, 4, "", 0, SQLITE_STATIC);
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW) {
-    ctx_key(d, "", 0);
-    err = unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
+    store_identity_key(d, "", 0);
+    err = store_unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
     if (!err) err = decode_extra(L, &c, kind, smt);
     *exists = 1;
   } else if (rc == SQLITE_DONE) {
@@ -508,7 +330,7 @@ static int m_get(lua_State *L) {
   entry(d);
   if ((rc = resolve(d, &sc, 0, &found)) != SQLITE_OK) return fail(L, d, NULL);
   if (!found) { lua_pushnil(L); return 1; }
-  ctx_scope(d, &sc, sc.user, sc.ulen);
+  store_identity_scope(d, &sc, sc.user, sc.ulen);
   /*
   ** Counting the rows first (a walk of the same few b-tree pages) lets the
   ** result table be allocated once instead of growing through a dozen rehashes.
@@ -540,13 +362,13 @@ static int m_get(lua_State *L) {
     int kind;
     Cursor c;
     if (key == NULL) key = "";
-    ctx_key(d, key, klen);
-    err = unseal(d, blob, blen, &kind, &c);
+    store_identity_key(d, key, klen);
+    err = store_unseal(d, blob, blen, &kind, &c);
     if (!err && as_hash) {
       /* From here on key points into the decrypted payload (until the next unseal). */
       const unsigned char *stored = (const unsigned char *)key;
       size_t slen = klen;
-      err = take_key(d, &c, stored, slen, &key, &klen);
+      err = store_take_key(d, &c, stored, slen, &key, &klen);
     }
     if (err && as_hash) { key = "<encrypted key>"; klen = strlen(key); }
     if (!err && klen == 0) {
@@ -599,7 +421,7 @@ static int m_get_key(lua_State *L) {
   entry(d);
   if ((rc = resolve(d, &sc, 0, &found)) != SQLITE_OK) return fail(L, d, NULL);
   if (!found) { lua_pushnil(L); return 1; }
-  ctx_scope(d, &sc, sc.user, sc.ulen);
+  store_identity_scope(d, &sc, sc.user, sc.ulen);
   if (!own_row(L, 6) || roster) {
     /* Non-string keys live in the "" row; roster contacts need its group names. */
     if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) return key_fail(L, 6, err, "", 0);
@@ -618,7 +440,7 @@ static int m_get_key(lua_State *L) {
     const char *key = lua_tolstring(L, 6, &klen);
     int pass;
     /* With a key: the hashed row, then a plain row written before encryption was on. */
-    for (pass = hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
+    for (pass = store_hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
       sqlite3_stmt *s = stmt(d, S_ROW);
       int kind, as_hash = pass == 0;
       Cursor c;
@@ -628,13 +450,13 @@ static int m_get_key(lua_State *L) {
       rc = sqlite3_step(s);
       if (rc == SQLITE_DONE) { sqlite3_reset(s); continue; }
       if (rc != SQLITE_ROW) { sqlite3_reset(s); return fail(L, d, NULL); }
-      if (as_hash) ctx_key(d, (const char *)d->hk, STORE_HASH_LEN);
-      else ctx_key(d, key, klen);
-      err = unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
+      if (as_hash) store_identity_key(d, (const char *)d->hk, STORE_HASH_LEN);
+      else store_identity_key(d, key, klen);
+      err = store_unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
       if (!err && as_hash) {
         const char *real;
         size_t rlen;
-        err = take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
+        err = store_take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
         if (!err && (rlen != klen || memcmp(real, key, klen) != 0)) err = "corrupt data (row key mismatch)";
       }
       if (!err) err = decode_exact(L, &c, kind, smt, 8, 9);
@@ -668,7 +490,7 @@ static int m_get_all(lua_State *L) {
   keys = store_push_item_keys(L);
   {
   int pass;
-  for (pass = hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
+  for (pass = store_hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
   int as_hash = pass == 0;
   if ((s = stmt(d, S_KEY_ALL)) == NULL) return fail(L, d, NULL);
   sqlite3_bind_int64(s, 1, sc.hid);
@@ -682,7 +504,7 @@ static int m_get_all(lua_State *L) {
     Cursor c;
     if (user == NULL) user = "";
     sc.uid = sqlite3_column_int64(s, 0);
-    ctx_scope(d, &sc, user, ulen);
+    store_identity_scope(d, &sc, user, ulen);
     if (roster) {
       /* This user's group names: the "" row, read with its own statement. */
       if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) { sqlite3_reset(s); return key_fail(L, 5, err, "", 0); }
@@ -691,16 +513,16 @@ static int m_get_all(lua_State *L) {
       lua_newtable(L);
     }
     if (as_hash) {
-      hash_key(d, key, klen, d->hk);
-      ctx_key(d, (const char *)d->hk, STORE_HASH_LEN);
+      store_hash_key(d, key, klen, d->hk);
+      store_identity_key(d, (const char *)d->hk, STORE_HASH_LEN);
     } else {
-      ctx_key(d, key, klen);
+      store_identity_key(d, key, klen);
     }
-    err = unseal(d, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &kind, &c);
+    err = store_unseal(d, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &kind, &c);
     if (!err && as_hash) {
       const char *real;
       size_t rlen;
-      err = take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
+      err = store_take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
     }
     lua_pushlstring(L, user, ulen);
     if (!err) err = decode_exact(L, &c, kind, smt, lua_gettop(L) - 1, keys);
@@ -780,7 +602,7 @@ static const char *del_row_as(DB *d, const Scope *sc, const char *key, size_t kl
 static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key, size_t klen,
                            int vidx, int roster, int smt, int dict, int names, int legacy) {
   const char *err = NULL;
-  int kind, as_hash = hashed(d, klen);
+  int kind, as_hash = store_hashed(d, klen);
   sqlite3_stmt *s;
   d->buf.n = 0;
   if (as_hash) store_put_str(&d->buf, key, klen);
@@ -792,12 +614,12 @@ static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key
     kind = STORE_KIND_VALUE;
   }
   if (as_hash) {
-    hash_key(d, key, klen, d->hk);
-    ctx_key(d, (const char *)d->hk, STORE_HASH_LEN);
+    store_hash_key(d, key, klen, d->hk);
+    store_identity_key(d, (const char *)d->hk, STORE_HASH_LEN);
   } else {
-    ctx_key(d, key, klen);
+    store_identity_key(d, key, klen);
   }
-  if ((err = seal(d, kind)) != NULL) return err;
+  if ((err = store_seal(d, kind)) != NULL) return err;
   if ((s = stmt(d, S_PUT)) == NULL) return sqlite3_errmsg(d->db);
   bind_scope(s, sc);
   bind_key(d, s, 4, key, klen, as_hash);
@@ -822,7 +644,7 @@ static const char *del_row_as(DB *d, const Scope *sc, const char *key, size_t kl
 /* Delete a key's row in both forms it may have (hashed, plain text). */
 static const char *del_row(DB *d, const Scope *sc, const char *key, size_t klen) {
   const char *err = NULL;
-  if (hashed(d, klen)) err = del_row_as(d, sc, key, klen, 1);
+  if (store_hashed(d, klen)) err = del_row_as(d, sc, key, klen, 1);
   if (!err) err = del_row_as(d, sc, key, klen, 0);
   return err;
 }
@@ -852,8 +674,8 @@ static const char *put_extra(lua_State *L, DB *d, const Scope *sc, int roster, i
     kind = STORE_KIND_VALUE;
   }
   if (err) return err;
-  ctx_key(d, "", 0);
-  if ((err = seal(d, kind)) != NULL) return err;
+  store_identity_key(d, "", 0);
+  if ((err = store_seal(d, kind)) != NULL) return err;
   if ((s = stmt(d, S_PUT)) == NULL) return sqlite3_errmsg(d->db);
   bind_scope(s, sc);
   sqlite3_bind_text(s, 4, "", 0, SQLITE_STATIC);
@@ -906,7 +728,7 @@ static int m_set(lua_State *L) {
   if (sqlite3_step(s) != SQLITE_DONE) { sqlite3_reset(s); return abort_txn(L, d, NULL); }
   sqlite3_reset(s);
   if (lua_istable(L, 6)) {
-    ctx_scope(d, &sc, sc.user, sc.ulen);
+    store_identity_scope(d, &sc, sc.user, sc.ulen);
     lua_newtable(L); names = lua_gettop(L);
     lua_newtable(L); dict = lua_gettop(L);
     lua_newtable(L); extras = lua_gettop(L);
@@ -930,7 +752,7 @@ static int m_set(lua_State *L) {
         /* The strings stay alive: they are keys of the data table. */
         if (own_row(L, -1) && i < n) {
           sorted[i].s = lua_tolstring(L, -1, &sorted[i].len);
-          if (d->has_key) hash_key(d, sorted[i].s, sorted[i].len, sorted[i].h);
+          if (d->has_key) store_hash_key(d, sorted[i].s, sorted[i].len, sorted[i].h);
           i++;
         }
       }
@@ -980,7 +802,7 @@ static int m_set_keys(lua_State *L) {
   entry(d);
   if (begin(d) != SQLITE_OK) return fail(L, d, NULL);
   if (resolve(d, &sc, 1, &found) != SQLITE_OK) return abort_txn(L, d, NULL);
-  ctx_scope(d, &sc, sc.user, sc.ulen);
+  store_identity_scope(d, &sc, sc.user, sc.ulen);
   /* The "" row is read only when needed: rosters (group names) or non-string keys. */
   if (!roster) {
     lua_pushnil(L);
@@ -1087,7 +909,7 @@ static int m_delete_all(lua_State *L) {
   if (begin(d) != SQLITE_OK) return fail(L, d, NULL);
   {
     int pass;
-    for (pass = hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
+    for (pass = store_hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
       if ((s = stmt(d, S_KEY_DEL)) == NULL) return abort_txn(L, d, NULL);
       sqlite3_bind_int64(s, 1, sc.hid);
       sqlite3_bind_int64(s, 2, sc.sid);
@@ -1124,7 +946,7 @@ static int m_delete_all(lua_State *L) {
       sc.uid = lua_tointeger(L, -1);
       lua_rawgeti(L, 7, i + 1);
       user = lua_tolstring(L, -1, &ulen);
-      ctx_scope(d, &sc, user, ulen);
+      store_identity_scope(d, &sc, user, ulen);
       if ((err = load_extra(L, d, &sc, smt, &exists)) != NULL) {
         /* A damaged row is left for the admin to see rather than dropped. */
         lua_settop(L, 7);
@@ -1248,12 +1070,11 @@ static int setup(lua_State *L, DB *d) {
   sqlite3_bind_text(s, 1, "key_check", -1, SQLITE_STATIC);
   rc = sqlite3_step(s);
   {
-    unsigned char want[16];
+    unsigned char want[STORE_KEY_CHECK];
     int have_check = rc == SQLITE_ROW && sqlite3_column_bytes(s, 0) == (int)sizeof want;
     int match = 0;
     if (d->has_key) {
-      crypto_generichash(want, sizeof want, (const unsigned char *)key_check_label, sizeof key_check_label - 1,
-                         d->key, sizeof d->key);
+      store_key_check(d, want);
       if (have_check) match = sodium_memcmp(want, sqlite3_column_blob(s, 0), sizeof want) == 0;
     }
     sqlite3_reset(s);
@@ -1317,8 +1138,8 @@ static int l_open(lua_State *L) {
     lua_pop(L, 1);
     if (lua_getfield(L, 2, "key") != LUA_TNIL) {
       key = lua_tolstring(L, -1, &keylen);
-      if (key == NULL || keylen != KEY_BYTES)
-        return luaL_error(L, "brisk.store.open: key must be a string of %d bytes", (int)KEY_BYTES);
+      if (key == NULL || keylen != STORE_KEY_BYTES)
+        return luaL_error(L, "brisk.store.open: key must be a string of %d bytes", STORE_KEY_BYTES);
     }
     /* the key string stays referenced by the options table while we copy it */
     lua_pop(L, 1);
@@ -1336,13 +1157,7 @@ static int l_open(lua_State *L) {
     lua_getfield(L, 2, "stanza_mt");
     lua_setiuservalue(L, -2, 1);
   }
-  if (key) {
-    static const char label[] = "brisk.roster row keys v1"; /* a format constant, see key_check_label */
-    memcpy(d->key, key, KEY_BYTES);
-    d->has_key = 1;
-    crypto_generichash(d->rowkey, sizeof d->rowkey, (const unsigned char *)label, sizeof label - 1,
-                       d->key, KEY_BYTES);
-  }
+  if (key) store_set_key(d, (const unsigned char *)key);
   if (sqlite3_open_v2(path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
     return exec_fail(L, d, "cannot open database");
   sqlite3_extended_result_codes(d->db, 1);
@@ -1417,7 +1232,7 @@ static int l_pack(lua_State *L) {
   store_put(b, hdr, sizeof hdr);
   err = store_encode_value(L, b, 1, smt);
   if (!err) {
-    checksum2(b->p, b->n, NULL, 0, sum);
+    store_checksum(b->p, b->n, NULL, 0, sum);
     store_put(b, sum, STORE_CHECKSUM);
     if (b->oom) err = "out of memory";
   }
@@ -1445,7 +1260,7 @@ static int l_unpack(lua_State *L) {
     lua_pushliteral(L, "not a brisk value");
     return 2;
   }
-  checksum2(blob, len - STORE_CHECKSUM, NULL, 0, sum);
+  store_checksum(blob, len - STORE_CHECKSUM, NULL, 0, sum);
   if (sodium_memcmp(sum, blob + len - STORE_CHECKSUM, STORE_CHECKSUM) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "corrupt data (checksum mismatch)");

@@ -3,12 +3,14 @@
 **
 **   buffer.c   growable byte buffers, varints, read cursors
 **   codec.c    Lua values <-> the compact payloads of docs/storage-format.md
+**   seal.c     checksums, encryption and keyed row key hashes for those payloads
 **   store.c    keeps them in SQLite
 */
 #ifndef BRISK_STORE_H
 #define BRISK_STORE_H
 
 #include <stdint.h>
+#include <sqlite3.h>
 #include "brisk.h"
 
 /* Envelope: byte 0 is the format version, byte 1 the payload kind. */
@@ -26,6 +28,8 @@
 #define STORE_HASH_LEN 16
 #define STORE_NONCE 24           /* XChaCha20-Poly1305 */
 #define STORE_MAC 16
+#define STORE_KEY_BYTES 32       /* the encryption key */
+#define STORE_KEY_CHECK 16       /* meta.key_check */
 
 /* Nesting limit for tables and stanzas, on encoding and decoding alike. */
 #define STORE_MAX_DEPTH 100
@@ -81,5 +85,69 @@ const char *store_decode_item(lua_State *L, Cursor *c, int smt, int names, int k
 int store_push_item_keys(lua_State *L);
 /* Pushes the names array, then the table of entries. */
 const char *store_decode_meta(lua_State *L, Cursor *c, int smt);
+
+/* ---------------------------------------------------------------- the database */
+
+/* Prepared statements: indices into DB.st (their SQL is in store.c). */
+enum {
+  S_NAME_ID, S_NAME_ADD, S_ROWS, S_ROW, S_PUT, S_DEL, S_DEL_SCOPE, S_USERS,
+  S_STORES, S_STORES_ANY, S_PURGE, S_KEY_ALL, S_KEY_DEL, S_OTHER_ROWS,
+  S_BEGIN, S_COMMIT, S_ROLLBACK, S_META_GET, S_META_SET, S_ORPHANS, S_NROWS, S_COUNT
+};
+
+/* An open database: what store.open's userdata holds and owns. */
+typedef struct DB {
+  sqlite3 *db;
+  sqlite3_stmt *st[S_COUNT];
+  Buffer buf;     /* payload being encoded */
+  Buffer out;     /* sealed blob */
+  Buffer plain;   /* decrypted payload */
+  Buffer ctx;     /* row identity bound into checksums and AEAD */
+  Buffer ad;      /* header + identity, the AEAD's associated data */
+  size_t ctx_prefix;
+  int in_txn;
+  int has_key;
+  unsigned char key[STORE_KEY_BYTES];
+  unsigned char rowkey[32];            /* derived from key: hashes row keys */
+  unsigned char hk[STORE_HASH_LEN];    /* the last row key hashed */
+} DB;
+
+/* The identity of the rows an operation touches. */
+typedef struct Scope {
+  const char *host, *user, *store;
+  size_t hlen, ulen, slen;
+  sqlite3_int64 hid, uid, sid;
+} Scope;
+
+/* ---------------------------------------------------------------- seal.c */
+
+void store_set_key(DB *d, const unsigned char *key);
+void store_clear_key(DB *d);
+void store_key_check(const DB *d, unsigned char out[STORE_KEY_CHECK]);
+
+/*
+** The row identity in d->ctx: first the scope (user NULL for host-level
+** data), then the key, which may be replaced for each row of that scope.
+*/
+void store_identity_scope(DB *d, const Scope *sc, const char *user, size_t ulen);
+void store_identity_key(DB *d, const char *key, size_t klen);
+
+/* Whether a key of klen bytes is stored as its keyed hash, and that hash. */
+int store_hashed(const DB *d, size_t klen);
+void store_hash_key(const DB *d, const char *key, size_t klen, unsigned char *out);
+/*
+** A hashed row's payload starts with the real key: point *key into the
+** payload and check that it hashes to "stored". Returns NULL or an error.
+*/
+const char *store_take_key(const DB *d, Cursor *c, const unsigned char *stored, size_t slen,
+                           const char **key, size_t *klen);
+
+/* BLAKE2b-128 of data then ctx (clen 0: none), truncated to STORE_CHECKSUM bytes. */
+void store_checksum(const unsigned char *data, size_t len, const unsigned char *ctx, size_t clen,
+                    unsigned char *out);
+/* Seal d->buf, a payload of "kind", into d->out for the row in d->ctx. */
+const char *store_seal(DB *d, int kind);
+/* Check and open a stored blob of the row in d->ctx; *cur then spans its payload. */
+const char *store_unseal(DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur);
 
 #endif
