@@ -557,3 +557,39 @@ const char *store_decode_meta(lua_State *L, Cursor *c, int smt) {
   if ((err = dec_body(L, c, smt, 0)) != NULL) { lua_settop(L, base); return err; }
   return NULL;
 }
+
+/* ---------------------------------------------------------------- payloads by kind */
+
+/* Decode the whole payload of a key's own row and require nothing left over. */
+const char *store_decode_payload(lua_State *L, Cursor *c, int kind, int smt, int names, int keys) {
+  const char *err;
+  if (kind == STORE_KIND_VALUE) err = store_decode_value(L, c, smt);
+  else if (kind == STORE_KIND_ITEM) err = store_decode_item(L, c, smt, names, keys);
+  else return "corrupt data (unexpected metadata payload)";
+  if (err) return err;
+  if (c->p != c->end) {
+    lua_pop(L, 1);
+    return "corrupt data (trailing bytes)";
+  }
+  return NULL;
+}
+
+/*
+** Decode the "" row's payload: pushes the group names array and the table of
+** the non-string-keyed entries. General-value rows (non-roster stores) push
+** an empty names array.
+*/
+const char *store_decode_extra(lua_State *L, Cursor *c, int kind, int smt) {
+  const char *err;
+  if (kind == STORE_KIND_META) {
+    if ((err = store_decode_meta(L, c, smt)) != NULL) return err;
+  } else if (kind == STORE_KIND_VALUE) {
+    lua_newtable(L);
+    if ((err = store_decode_value(L, c, smt)) != NULL) { lua_pop(L, 1); return err; }
+    if (!lua_istable(L, -1)) { lua_pop(L, 2); return "corrupt data (extra entries are not a table)"; }
+  } else {
+    return "corrupt data (contact payload under the empty key)";
+  }
+  if (c->p != c->end) { lua_pop(L, 2); return "corrupt data (trailing bytes)"; }
+  return NULL;
+}

@@ -223,40 +223,6 @@ static void bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t kl
   }
 }
 
-/* Decode a whole payload of a general value and require nothing left over. */
-static const char *decode_exact(lua_State *L, Cursor *c, int kind, int smt, int names, int keys) {
-  const char *err;
-  if (kind == STORE_KIND_VALUE) err = store_decode_value(L, c, smt);
-  else if (kind == STORE_KIND_ITEM) err = store_decode_item(L, c, smt, names, keys);
-  else return "corrupt data (unexpected metadata payload)";
-  if (err) return err;
-  if (c->p != c->end) {
-    lua_pop(L, 1);
-    return "corrupt data (trailing bytes)";
-  }
-  return NULL;
-}
-
-/*
-** Decode the "" row's payload: pushes the group names array and the table of
-** the non-string-keyed entries. General-value rows (non-roster stores) push
-** an empty names array.
-*/
-static const char *decode_extra(lua_State *L, Cursor *c, int kind, int smt) {
-  const char *err;
-  if (kind == STORE_KIND_META) {
-    if ((err = store_decode_meta(L, c, smt)) != NULL) return err;
-  } else if (kind == STORE_KIND_VALUE) {
-    lua_newtable(L);
-    if ((err = store_decode_value(L, c, smt)) != NULL) { lua_pop(L, 1); return err; }
-    if (!lua_istable(L, -1)) { lua_pop(L, 2); return "corrupt data (extra entries are not a table)"; }
-  } else {
-    return "corrupt data (contact payload under the empty key)";
-  }
-  if (c->p != c->end) { lua_pop(L, 2); return "corrupt data (trailing bytes)"; }
-  return NULL;
-}
-
 /* ---------------------------------------------------------------- reading */
 
 /*
@@ -298,7 +264,7 @@ static const char *load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int
   if (rc == SQLITE_ROW) {
     store_identity_key(d, "", 0);
     err = store_unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
-    if (!err) err = decode_extra(L, &c, kind, smt);
+    if (!err) err = store_decode_extra(L, &c, kind, smt);
     *exists = 1;
   } else if (rc == SQLITE_DONE) {
     lua_newtable(L);
@@ -372,7 +338,7 @@ static int m_get(lua_State *L) {
     }
     if (err && as_hash) { key = "<encrypted key>"; klen = strlen(key); }
     if (!err && klen == 0) {
-      if ((err = decode_extra(L, &c, kind, smt)) == NULL) {
+      if ((err = store_decode_extra(L, &c, kind, smt)) == NULL) {
         /* The entries under non-string keys join the result; the names stay for the contacts. */
         lua_pushnil(L);
         while (lua_next(L, -2)) {
@@ -388,7 +354,7 @@ static int m_get(lua_State *L) {
     if (err) { rc = key_fail(L, result - 1, err, key, klen); sqlite3_reset(s); return rc; }
     if (klen == 0) continue;
     lua_pushlstring(L, key, klen);
-    if ((err = decode_exact(L, &c, kind, smt, names, keys)) != NULL) {
+    if ((err = store_decode_payload(L, &c, kind, smt, names, keys)) != NULL) {
       rc = key_fail(L, result - 1, err, key, klen);
       sqlite3_reset(s);
       return rc;
@@ -459,7 +425,7 @@ static int m_get_key(lua_State *L) {
         err = store_take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
         if (!err && (rlen != klen || memcmp(real, key, klen) != 0)) err = "corrupt data (row key mismatch)";
       }
-      if (!err) err = decode_exact(L, &c, kind, smt, 8, 9);
+      if (!err) err = store_decode_payload(L, &c, kind, smt, 8, 9);
       sqlite3_reset(s);
       if (err) return key_fail(L, 6, err, key, klen);
       return 1;
@@ -525,7 +491,7 @@ static int m_get_all(lua_State *L) {
       err = store_take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
     }
     lua_pushlstring(L, user, ulen);
-    if (!err) err = decode_exact(L, &c, kind, smt, lua_gettop(L) - 1, keys);
+    if (!err) err = store_decode_payload(L, &c, kind, smt, lua_gettop(L) - 1, keys);
     if (err) { sqlite3_reset(s); return key_fail(L, 5, err, key, klen); }
     /* As the stock map shim does, users whose value is false are left out. */
     if (lua_toboolean(L, -1)) lua_rawset(L, result);
@@ -1312,7 +1278,7 @@ static int l_decode_raw(lua_State *L) {
     if (!err) return 2;
   } else {
     int keys = store_push_item_keys(L);
-    err = decode_exact(L, &c, k == 0 ? STORE_KIND_VALUE : STORE_KIND_ITEM, smt, 3, keys);
+    err = store_decode_payload(L, &c, k == 0 ? STORE_KIND_VALUE : STORE_KIND_ITEM, smt, 3, keys);
     if (!err) return 1;
   }
   lua_pushnil(L);

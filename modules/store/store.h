@@ -86,6 +86,15 @@ int store_push_item_keys(lua_State *L);
 /* Pushes the names array, then the table of entries. */
 const char *store_decode_meta(lua_State *L, Cursor *c, int smt);
 
+/*
+** A row's whole payload by its kind (docs/storage-format.md), nothing left
+** over: store_decode_payload pushes the value of a key's own row (kind 'G' or
+** 'R'); store_decode_extra the group names array and the table of entries
+** of the "" row (kind 'M', or 'G' for stores other than rosters).
+*/
+const char *store_decode_payload(lua_State *L, Cursor *c, int kind, int smt, int names, int keys);
+const char *store_decode_extra(lua_State *L, Cursor *c, int kind, int smt);
+
 /* ---------------------------------------------------------------- the database */
 
 /* Prepared statements: indices into DB.st (their SQL is in store.c). */
