@@ -3,6 +3,7 @@
 **
 **   buffer.c   growable byte buffers, varints, read cursors
 **   codec.c    Lua values <-> the compact payloads of docs/storage-format.md
+**   codec_lua.c  the codec's Lua bindings (pack, unpack, encode_raw, decode_raw)
 **   seal.c     checksums, encryption and keyed row key hashes for those payloads
 **   store.c    keeps them in SQLite
 */
@@ -94,6 +95,14 @@ const char *store_decode_meta(lua_State *L, Cursor *c, int smt);
 */
 const char *store_decode_payload(lua_State *L, Cursor *c, int kind, int smt, int names, int keys);
 const char *store_decode_extra(lua_State *L, Cursor *c, int kind, int smt);
+
+/* ---------------------------------------------------------------- codec_lua.c */
+
+/* A scratch Buffer owned by a userdata, freed by its __gc. */
+#define STORE_BUFFER_MT "brisk.store.Buffer"
+extern const luaL_Reg store_buffer_meta[];
+/* pack, unpack, encode_raw, decode_raw */
+extern const luaL_Reg store_codec_functions[];
 
 /* ---------------------------------------------------------------- the database */
 
