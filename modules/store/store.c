@@ -285,7 +285,7 @@ static int table_empty(lua_State *L, int idx) {
 }
 
 /* db:get(host, user, store, roster) -> table | nil | nil, err */
-static int m_get(lua_State *L) {
+static int l_get(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, rc, result, names, keys, smt;
@@ -374,7 +374,7 @@ static int own_row(lua_State *L, int idx) {
 }
 
 /* db:get_key(host, user, store, roster, key) -> value | nil | nil, err */
-static int m_get_key(lua_State *L) {
+static int l_get_key(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, rc, exists, roster, smt;
@@ -436,7 +436,7 @@ static int m_get_key(lua_State *L) {
 }
 
 /* db:get_all(host, store, roster, key) -> { [user] = value } | nil | nil, err */
-static int m_get_all(lua_State *L) {
+static int l_get_all(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, rc, roster, result, keys, smt;
@@ -522,7 +522,7 @@ static int name_list(lua_State *L, DB *d, sqlite3_stmt *s) {
 }
 
 /* db:users(host, store) -> { user, ... } */
-static int m_users(lua_State *L) {
+static int l_users(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, rc;
@@ -538,7 +538,7 @@ static int m_users(lua_State *L) {
 }
 
 /* db:stores(host, user) -> { store, ... }; user nil: host-level, true: any user */
-static int m_stores(lua_State *L) {
+static int l_stores(lua_State *L) {
   DB *d = check_db(L);
   const char *host, *user = NULL;
   size_t hlen, ulen = 0;
@@ -675,7 +675,7 @@ static int rowkey_hash_cmp(const void *a, const void *b) {
 }
 
 /* db:set(host, user, store, roster, data|nil) -> true | nil, err (one transaction) */
-static int m_set(lua_State *L) {
+static int l_set(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, roster, smt, names, dict, extras;
@@ -753,7 +753,7 @@ static int m_set(lua_State *L) {
 }
 
 /* db:set_keys(host, user, store, roster, { [key] = value or remove }, remove) -> true | nil, err */
-static int m_set_keys(lua_State *L) {
+static int l_set_keys(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, roster, smt, exists, names, dict, extras, dirty = 0, removed = 0;
@@ -835,7 +835,7 @@ static int m_set_keys(lua_State *L) {
 }
 
 /* db:purge(host, user) -> true | nil, err: every store of one user */
-static int m_purge(lua_State *L) {
+static int l_purge(lua_State *L) {
   DB *d = check_db(L);
   size_t hlen, ulen;
   const char *host = luaL_checklstring(L, 2, &hlen);
@@ -857,7 +857,7 @@ static int m_purge(lua_State *L) {
 }
 
 /* db:delete_all(host, store, roster, key) -> true | nil, err: one key of every user */
-static int m_delete_all(lua_State *L) {
+static int l_delete_all(lua_State *L) {
   DB *d = check_db(L);
   Scope sc;
   int found, roster, rc, smt;
@@ -929,7 +929,7 @@ static int m_delete_all(lua_State *L) {
 }
 
 /* db:pragma(name) -> the first value a read-only PRAGMA reports, as text */
-static int m_pragma(lua_State *L) {
+static int l_pragma(lua_State *L) {
   DB *d = check_db(L);
   const char *name = luaL_checkstring(L, 2);
   sqlite3_stmt *s;
@@ -965,7 +965,7 @@ static int m_pragma(lua_State *L) {
 ** db:checkpoint() -> true | nil, err: copy the write-ahead log into the
 ** database file and truncate it (for backups, and to measure the file).
 */
-static int m_checkpoint(lua_State *L) {
+static int l_checkpoint(lua_State *L) {
   DB *d = check_db(L);
   entry(d);
   if (sqlite3_wal_checkpoint_v2(d->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL) != SQLITE_OK)
@@ -974,7 +974,7 @@ static int m_checkpoint(lua_State *L) {
   return 1;
 }
 
-static int m_close(lua_State *L) {
+static int l_close(lua_State *L) {
   DB *d = (DB *)luaL_checkudata(L, 1, DB_MT);
   if (d->db) {
     entry(d);
@@ -983,7 +983,7 @@ static int m_close(lua_State *L) {
   return 0;
 }
 
-static int m_tostring(lua_State *L) {
+static int l_tostring(lua_State *L) {
   DB *d = (DB *)luaL_checkudata(L, 1, DB_MT);
   lua_pushfstring(L, "brisk.store.DB (%s)", d->db ? "open" : "closed");
   return 1;
@@ -1153,25 +1153,25 @@ static int l_open(lua_State *L) {
 }
 
 static const luaL_Reg db_methods[] = {
-  { "get", m_get },
-  { "get_key", m_get_key },
-  { "get_all", m_get_all },
-  { "users", m_users },
-  { "stores", m_stores },
-  { "set", m_set },
-  { "set_keys", m_set_keys },
-  { "purge", m_purge },
-  { "delete_all", m_delete_all },
-  { "pragma", m_pragma },
-  { "checkpoint", m_checkpoint },
-  { "close", m_close },
+  { "get", l_get },
+  { "get_key", l_get_key },
+  { "get_all", l_get_all },
+  { "users", l_users },
+  { "stores", l_stores },
+  { "set", l_set },
+  { "set_keys", l_set_keys },
+  { "purge", l_purge },
+  { "delete_all", l_delete_all },
+  { "pragma", l_pragma },
+  { "checkpoint", l_checkpoint },
+  { "close", l_close },
   { NULL, NULL }
 };
 
 static const luaL_Reg db_meta[] = {
-  { "__gc", m_close },
-  { "__close", m_close },
-  { "__tostring", m_tostring },
+  { "__gc", l_close },
+  { "__close", l_close },
+  { "__tostring", l_tostring },
   { NULL, NULL }
 };
 
