@@ -5,6 +5,7 @@
 **   codec.c    Lua values <-> the compact payloads of docs/storage-format.md
 **   codec_lua.c  the codec's Lua bindings (pack, unpack, encode_raw, decode_raw)
 **   seal.c     checksums, encryption and keyed row key hashes for those payloads
+**   db.c       the database handle: opening, schema, statements, transactions
 **   store.c    keeps them in SQLite
 */
 #ifndef BRISK_STORE_H
@@ -106,7 +107,10 @@ extern const luaL_Reg store_codec_functions[];
 
 /* ---------------------------------------------------------------- the database */
 
-/* Prepared statements: indices into DB.st (their SQL is in store.c). */
+#define STORE_DB_MT "brisk.store.DB"
+#define STORE_SCHEMA_VERSION 1  /* meta.schema */
+
+/* Prepared statements: indices into DB.st (their SQL is in db.c). */
 enum {
   S_NAME_ID, S_NAME_ADD, S_ROWS, S_ROW, S_PUT, S_DEL, S_DEL_SCOPE, S_USERS,
   S_STORES, S_STORES_ANY, S_PURGE, S_KEY_ALL, S_KEY_DEL, S_OTHER_ROWS,
@@ -136,6 +140,52 @@ typedef struct Scope {
   size_t hlen, ulen, slen;
   sqlite3_int64 hid, uid, sid;
 } Scope;
+
+/* ---------------------------------------------------------------- db.c */
+
+/* store.open, the DB's maintenance methods and its metamethods. */
+extern const luaL_Reg store_db_functions[];
+extern const luaL_Reg store_db_methods[];
+extern const luaL_Reg store_db_meta[];
+
+/* Argument 1 of a method: an open database (a closed one raises). */
+DB *store_check_db(lua_State *L);
+/*
+** Start of every method: a Lua error (out of memory) may have cut short the
+** previous one, so its statements are reset and its transaction undone.
+*/
+void store_entry(DB *d);
+/* Push "nil, message" (message from SQLite when msg is NULL); returns 2. */
+int store_fail(lua_State *L, DB *d, const char *msg);
+/* The statement "which" (an S_* index), prepared once, reset and unbound. NULL: SQLite failed. */
+sqlite3_stmt *store_stmt(DB *d, int which);
+/* BEGIN IMMEDIATE and COMMIT: SQLite's result code. */
+int store_begin(DB *d);
+int store_commit(DB *d);
+/* Roll back, then push "nil, msg" (msg NULL: SQLite's message); returns 2. */
+int store_abort(lua_State *L, DB *d, const char *msg);
+
+/* A name's id, created when "create"; *id is 0 when absent. SQLite's result code. */
+int store_name_id(DB *d, const char *name, size_t len, int create, sqlite3_int64 *id);
+/* Arguments host (string), user (string or nil: host-level data) when with_user, store (string). */
+void store_check_scope(lua_State *L, int first, Scope *sc, int with_user);
+/* Resolve the scope's ids; returns SQLite's code, *found says all exist. */
+int store_resolve(DB *d, Scope *sc, int create, int *found);
+/* Bind host, user and store ids as ?1, ?2, ?3. */
+void store_bind_scope(sqlite3_stmt *s, const Scope *sc);
+/* Bind a key column: its hash (computed into d->hk) when as_hash, else the text. */
+void store_bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash);
+
+/*
+** Push util.stanza's metatable, which the Lua side passed to open() (the
+** database's user value), and return its stack index, or 0 when the
+** database was opened without one (stanzas are then plain tables).
+*/
+int store_push_stanza_mt(lua_State *L);
+/* Whether the table at idx is empty (nothing left pushed). */
+int store_table_empty(lua_State *L, int idx);
+/* Whether the key at idx lives in its own row: a non-empty string. */
+int store_own_row(lua_State *L, int idx);
 
 /* ---------------------------------------------------------------- seal.c */
 
