@@ -6,6 +6,7 @@
 **   codec_lua.c  the codec's Lua bindings (pack, unpack, encode_raw, decode_raw)
 **   seal.c     checksums, encryption and keyed row key hashes for those payloads
 **   db.c       the database handle: opening, schema, statements, transactions
+**   read.c     the reading methods: get, get_key, get_all, users, stores
 **   store.c    keeps them in SQLite
 */
 #ifndef BRISK_STORE_H
@@ -186,6 +187,17 @@ int store_push_stanza_mt(lua_State *L);
 int store_table_empty(lua_State *L, int idx);
 /* Whether the key at idx lives in its own row: a non-empty string. */
 int store_own_row(lua_State *L, int idx);
+
+/* ---------------------------------------------------------------- read.c */
+
+/* get, get_key, get_all, users, stores */
+extern const luaL_Reg store_read_methods[];
+/*
+** Read the "" row of a scope (its identity set up in d->ctx): pushes the
+** group names and the extra entries (both empty tables when the row is
+** absent). Returns NULL, or an error message with nothing pushed.
+*/
+const char *store_load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int *exists);
 
 /* ---------------------------------------------------------------- seal.c */
 
