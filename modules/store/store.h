@@ -7,7 +7,8 @@
 **   seal.c     checksums, encryption and keyed row key hashes for those payloads
 **   db.c       the database handle: opening, schema, statements, transactions
 **   read.c     the reading methods: get, get_key, get_all, users, stores
-**   store.c    keeps them in SQLite
+**   write.c    the writing methods: set, set_keys, purge, delete_all
+**   store.c    luaopen_brisk_store: the module table and the DB's metatable
 */
 #ifndef BRISK_STORE_H
 #define BRISK_STORE_H
@@ -198,6 +199,11 @@ extern const luaL_Reg store_read_methods[];
 ** absent). Returns NULL, or an error message with nothing pushed.
 */
 const char *store_load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int *exists);
+
+/* ---------------------------------------------------------------- write.c */
+
+/* set, set_keys, purge, delete_all */
+extern const luaL_Reg store_write_methods[];
 
 /* ---------------------------------------------------------------- seal.c */
 
