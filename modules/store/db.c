@@ -198,14 +198,40 @@ void store_bind_scope(sqlite3_stmt *s, const Scope *sc) {
   sqlite3_bind_int64(s, 3, sc->sid);
 }
 
-/* Bind a key column: the hash (computed into d->hk) or the text. */
-void store_bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash) {
-  if (as_hash) {
+/*
+** The forms a row key is looked for in, one policy for every reader and
+** writer: with an encryption key, a non-empty key's row is first sought
+** under its keyed hash, then under its text, which a row written before
+** encryption was turned on still has; otherwise only the text exists.
+** Writes use the first form. The hash lives in d->hk: one KeyForm at a time.
+*/
+int store_key_first(DB *d, KeyForm *f, const char *key, size_t klen) {
+  f->key = key;
+  f->klen = klen;
+  f->hashed = store_hashed(d, klen);
+  if (f->hashed) {
     store_hash_key(d, key, klen, d->hk);
-    sqlite3_bind_blob(s, col, d->hk, STORE_HASH_LEN, SQLITE_STATIC);
+    f->stored = (const char *)d->hk;
+    f->slen = STORE_HASH_LEN;
   } else {
-    sqlite3_bind_text(s, col, key, (int)klen, SQLITE_STATIC);
+    f->stored = key;
+    f->slen = klen;
   }
+  return 1;
+}
+
+int store_key_next(KeyForm *f) {
+  if (!f->hashed) return 0;
+  f->hashed = 0;
+  f->stored = f->key;
+  f->slen = f->klen;
+  return 1;
+}
+
+/* Bind a key column in the form f: the hash as a BLOB, or the text. */
+void store_bind_key(sqlite3_stmt *s, int col, const KeyForm *f) {
+  if (f->hashed) sqlite3_bind_blob(s, col, f->stored, (int)f->slen, SQLITE_STATIC);
+  else sqlite3_bind_text(s, col, f->stored, (int)f->slen, SQLITE_STATIC);
 }
 
 /*

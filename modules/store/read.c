@@ -166,25 +166,24 @@ static int l_get_key(lua_State *L) {
   {
     size_t klen;
     const char *key = lua_tolstring(L, 6, &klen);
-    int pass;
-    /* With a key: the hashed row, then a plain row written before encryption was on. */
-    for (pass = store_hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
+    KeyForm f;
+    int more;
+    for (more = store_key_first(d, &f, key, klen); more; more = store_key_next(&f)) {
       sqlite3_stmt *s = store_stmt(d, S_ROW);
-      int kind, as_hash = pass == 0;
+      int kind;
       Cursor c;
       if (s == NULL) return store_fail(L, d, NULL);
       store_bind_scope(s, &sc);
-      store_bind_key(d, s, 4, key, klen, as_hash);
+      store_bind_key(s, 4, &f);
       rc = sqlite3_step(s);
       if (rc == SQLITE_DONE) { sqlite3_reset(s); continue; }
       if (rc != SQLITE_ROW) { sqlite3_reset(s); return store_fail(L, d, NULL); }
-      if (as_hash) store_identity_key(d, (const char *)d->hk, STORE_HASH_LEN);
-      else store_identity_key(d, key, klen);
+      store_identity_key(d, f.stored, f.slen);
       err = store_unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
-      if (!err && as_hash) {
+      if (!err && f.hashed) {
         const char *real;
         size_t rlen;
-        err = store_take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
+        err = store_take_key(d, &c, (const unsigned char *)f.stored, f.slen, &real, &rlen);
         if (!err && (rlen != klen || memcmp(real, key, klen) != 0)) err = "corrupt data (row key mismatch)";
       }
       if (!err) err = store_decode_payload(L, &c, kind, smt, 8, 9);
@@ -201,10 +200,11 @@ static int l_get_key(lua_State *L) {
 static int l_get_all(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
-  int found, rc, roster, result, keys, smt;
+  int found, rc, roster, result, keys, smt, more;
   size_t klen;
   const char *key;
   sqlite3_stmt *s;
+  KeyForm f;
   store_check_scope(L, 2, &sc, 0);
   roster = lua_toboolean(L, 4);
   key = luaL_checklstring(L, 5, &klen);
@@ -216,53 +216,44 @@ static int l_get_all(lua_State *L) {
   lua_newtable(L);
   result = lua_gettop(L);
   keys = store_push_item_keys(L);
-  {
-  int pass;
-  for (pass = store_hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
-  int as_hash = pass == 0;
-  if ((s = store_stmt(d, S_KEY_ALL)) == NULL) return store_fail(L, d, NULL);
-  sqlite3_bind_int64(s, 1, sc.hid);
-  sqlite3_bind_int64(s, 2, sc.sid);
-  store_bind_key(d, s, 3, key, klen, as_hash);
-  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-    const char *user = (const char *)sqlite3_column_text(s, 1);
-    size_t ulen = (size_t)sqlite3_column_bytes(s, 1);
-    const char *err = NULL;
-    int kind, exists;
-    Cursor c;
-    if (user == NULL) user = "";
-    sc.uid = sqlite3_column_int64(s, 0);
-    store_identity_scope(d, &sc, user, ulen);
-    if (roster) {
-      /* This user's group names: the "" row, read with its own statement. */
-      if ((err = store_load_extra(L, d, &sc, smt, &exists)) != NULL) { sqlite3_reset(s); return key_fail(L, 5, err, "", 0); }
-      lua_pop(L, 1);
-    } else {
-      lua_newtable(L);
+  for (more = store_key_first(d, &f, key, klen); more; more = store_key_next(&f)) {
+    if ((s = store_stmt(d, S_KEY_ALL)) == NULL) return store_fail(L, d, NULL);
+    sqlite3_bind_int64(s, 1, sc.hid);
+    sqlite3_bind_int64(s, 2, sc.sid);
+    store_bind_key(s, 3, &f);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+      const char *user = (const char *)sqlite3_column_text(s, 1);
+      size_t ulen = (size_t)sqlite3_column_bytes(s, 1);
+      const char *err = NULL;
+      int kind, exists;
+      Cursor c;
+      if (user == NULL) user = "";
+      sc.uid = sqlite3_column_int64(s, 0);
+      store_identity_scope(d, &sc, user, ulen);
+      if (roster) {
+        /* This user's group names: the "" row, read with its own statement. */
+        if ((err = store_load_extra(L, d, &sc, smt, &exists)) != NULL) { sqlite3_reset(s); return key_fail(L, 5, err, "", 0); }
+        lua_pop(L, 1);
+      } else {
+        lua_newtable(L);
+      }
+      store_identity_key(d, f.stored, f.slen);
+      err = store_unseal(d, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &kind, &c);
+      if (!err && f.hashed) {
+        const char *real;
+        size_t rlen;
+        err = store_take_key(d, &c, (const unsigned char *)f.stored, f.slen, &real, &rlen);
+      }
+      lua_pushlstring(L, user, ulen);
+      if (!err) err = store_decode_payload(L, &c, kind, smt, lua_gettop(L) - 1, keys);
+      if (err) { sqlite3_reset(s); return key_fail(L, 5, err, key, klen); }
+      /* As the stock map shim does, users whose value is false are left out. */
+      if (lua_toboolean(L, -1)) lua_rawset(L, result);
+      else lua_pop(L, 2);
+      lua_pop(L, 1); /* names */
     }
-    if (as_hash) {
-      store_hash_key(d, key, klen, d->hk);
-      store_identity_key(d, (const char *)d->hk, STORE_HASH_LEN);
-    } else {
-      store_identity_key(d, key, klen);
-    }
-    err = store_unseal(d, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &kind, &c);
-    if (!err && as_hash) {
-      const char *real;
-      size_t rlen;
-      err = store_take_key(d, &c, d->hk, STORE_HASH_LEN, &real, &rlen);
-    }
-    lua_pushlstring(L, user, ulen);
-    if (!err) err = store_decode_payload(L, &c, kind, smt, lua_gettop(L) - 1, keys);
-    if (err) { sqlite3_reset(s); return key_fail(L, 5, err, key, klen); }
-    /* As the stock map shim does, users whose value is false are left out. */
-    if (lua_toboolean(L, -1)) lua_rawset(L, result);
-    else lua_pop(L, 2);
-    lua_pop(L, 1); /* names */
-  }
-  sqlite3_reset(s);
-  if (rc != SQLITE_DONE) return store_fail(L, d, NULL);
-  }
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) return store_fail(L, d, NULL);
   }
   lua_settop(L, result);
   if (store_table_empty(L, result)) lua_pushnil(L);

@@ -175,8 +175,24 @@ void store_check_scope(lua_State *L, int first, Scope *sc, int with_user);
 int store_resolve(DB *d, Scope *sc, int create, int *found);
 /* Bind host, user and store ids as ?1, ?2, ?3. */
 void store_bind_scope(sqlite3_stmt *s, const Scope *sc);
-/* Bind a key column: its hash (computed into d->hk) when as_hash, else the text. */
-void store_bind_key(DB *d, sqlite3_stmt *s, int col, const char *key, size_t klen, int as_hash);
+/*
+** One form of a row key: its keyed hash or its text. Every form a key may
+** be stored in, in the order to look for it (a write uses the first):
+**   for (more = store_key_first(d, &f, key, klen); more; more = store_key_next(&f))
+** The hash lives in d->hk, so one KeyForm is in use at a time.
+*/
+typedef struct KeyForm {
+  const char *key;       /* the key itself */
+  size_t klen;
+  const char *stored;    /* the key column in this form: the hash or the text */
+  size_t slen;
+  int hashed;            /* this form is the hash */
+} KeyForm;
+
+int store_key_first(DB *d, KeyForm *f, const char *key, size_t klen);
+int store_key_next(KeyForm *f);
+/* Bind the key column "col" in the form f. */
+void store_bind_key(sqlite3_stmt *s, int col, const KeyForm *f);
 
 /*
 ** Push util.stanza's metatable, which the Lua side passed to open() (the

@@ -11,19 +11,33 @@
 #include <sqlite3.h>
 #include "store.h"
 
-static const char *del_row_as(DB *d, const Scope *sc, const char *key, size_t klen, int as_hash);
+/* Delete a key's row in one form. */
+static const char *del_form(DB *d, const Scope *sc, const KeyForm *f) {
+  sqlite3_stmt *s = store_stmt(d, S_DEL);
+  const char *err = NULL;
+  if (s == NULL) return sqlite3_errmsg(d->db);
+  store_bind_scope(s, sc);
+  store_bind_key(s, 4, f);
+  if (sqlite3_step(s) != SQLITE_DONE) err = sqlite3_errmsg(d->db);
+  sqlite3_reset(s);
+  return err;
+}
 
 /*
-** Encode the value at vidx for key (its own row) and store it. "legacy": also delete a plain-text row of the same key, which a database
-** may hold from before encryption was turned on (set() has deleted them all).
+** Encode the value at vidx for key (its own row) and store it, in the key's
+** first form. "legacy": also delete its other forms, e.g. a plain-text row
+** a database may hold from before encryption was turned on (set() has
+** deleted them all).
 */
 static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key, size_t klen,
                            int vidx, int roster, int smt, int dict, int names, int legacy) {
   const char *err = NULL;
-  int kind, as_hash = store_hashed(d, klen);
+  int kind;
+  KeyForm f;
   sqlite3_stmt *s;
+  store_key_first(d, &f, key, klen);
   d->buf.n = 0;
-  if (as_hash) store_put_str(&d->buf, key, klen);
+  if (f.hashed) store_put_str(&d->buf, key, klen);
   if (roster) {
     kind = store_encode_item(L, &d->buf, vidx, smt, dict, names, &err);
     if (kind < 0) return err;
@@ -31,39 +45,25 @@ static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key
     if ((err = store_encode_value(L, &d->buf, vidx, smt)) != NULL) return err;
     kind = STORE_KIND_VALUE;
   }
-  if (as_hash) {
-    store_hash_key(d, key, klen, d->hk);
-    store_identity_key(d, (const char *)d->hk, STORE_HASH_LEN);
-  } else {
-    store_identity_key(d, key, klen);
-  }
+  store_identity_key(d, f.stored, f.slen);
   if ((err = store_seal(d, kind)) != NULL) return err;
   if ((s = store_stmt(d, S_PUT)) == NULL) return sqlite3_errmsg(d->db);
   store_bind_scope(s, sc);
-  store_bind_key(d, s, 4, key, klen, as_hash);
+  store_bind_key(s, 4, &f);
   sqlite3_bind_blob(s, 5, d->out.p, (int)d->out.n, SQLITE_STATIC);
   if (sqlite3_step(s) != SQLITE_DONE) err = sqlite3_errmsg(d->db);
   sqlite3_reset(s);
-  if (!err && as_hash && legacy) err = del_row_as(d, sc, key, klen, 0);
+  while (!err && legacy && store_key_next(&f)) err = del_form(d, sc, &f);
   return err;
 }
 
-static const char *del_row_as(DB *d, const Scope *sc, const char *key, size_t klen, int as_hash) {
-  sqlite3_stmt *s = store_stmt(d, S_DEL);
-  const char *err = NULL;
-  if (s == NULL) return sqlite3_errmsg(d->db);
-  store_bind_scope(s, sc);
-  store_bind_key(d, s, 4, key, klen, as_hash);
-  if (sqlite3_step(s) != SQLITE_DONE) err = sqlite3_errmsg(d->db);
-  sqlite3_reset(s);
-  return err;
-}
-
-/* Delete a key's row in both forms it may have (hashed, plain text). */
+/* Delete a key's row in every form it may have (hashed, plain text). */
 static const char *del_row(DB *d, const Scope *sc, const char *key, size_t klen) {
   const char *err = NULL;
-  if (store_hashed(d, klen)) err = del_row_as(d, sc, key, klen, 1);
-  if (!err) err = del_row_as(d, sc, key, klen, 0);
+  KeyForm f;
+  int more;
+  for (more = store_key_first(d, &f, key, klen); more && !err; more = store_key_next(&f))
+    err = del_form(d, sc, &f);
   return err;
 }
 
@@ -326,12 +326,13 @@ static int l_delete_all(lua_State *L) {
   if (!found || klen == 0) { lua_pushboolean(L, 1); return 1; }
   if (store_begin(d) != SQLITE_OK) return store_fail(L, d, NULL);
   {
-    int pass;
-    for (pass = store_hashed(d, klen) ? 0 : 1; pass < 2; pass++) {
+    KeyForm f;
+    int more;
+    for (more = store_key_first(d, &f, key, klen); more; more = store_key_next(&f)) {
       if ((s = store_stmt(d, S_KEY_DEL)) == NULL) return store_abort(L, d, NULL);
       sqlite3_bind_int64(s, 1, sc.hid);
       sqlite3_bind_int64(s, 2, sc.sid);
-      store_bind_key(d, s, 3, key, klen, pass == 0);
+      store_bind_key(s, 3, &f);
       rc = sqlite3_step(s);
       sqlite3_reset(s);
       if (rc != SQLITE_DONE) return store_abort(L, d, NULL);
