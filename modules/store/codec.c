@@ -474,6 +474,18 @@ static const char *const item_strings[K_COUNT] = {
   "none", "to", "from", "both"
 };
 
+/* The index of a roster's group names: name -> 0-based position in "names". */
+int store_push_name_index(lua_State *L, int names) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, names);
+  lua_newtable(L);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, names, i);
+    lua_pushinteger(L, i - 1);
+    lua_rawset(L, -3);
+  }
+  return lua_gettop(L);
+}
+
 int store_push_item_keys(lua_State *L) {
   int i;
   luaL_checkstack(L, K_COUNT + 8, "brisk.store: item keys");

@@ -150,16 +150,7 @@ static int l_encode_raw(lua_State *L) {
   int names = 3, dict, smt;
   luaL_checkany(L, 2);
   smt = names_and_stanza_mt(L);
-  lua_newtable(L);
-  dict = lua_gettop(L);
-  {
-    lua_Integer i, n = (lua_Integer)lua_rawlen(L, names);
-    for (i = 1; i <= n; i++) {
-      lua_rawgeti(L, names, i);
-      lua_pushinteger(L, i - 1);
-      lua_rawset(L, dict);
-    }
-  }
+  dict = store_push_name_index(L, names);
   b = new_scratch(L);
   if (k == 0) err = store_encode_value(L, b, 2, smt);
   else if (store_encode_item(L, b, 2, smt, dict, names, &err) < 0 && !err) err = "encoding failed";

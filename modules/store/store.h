@@ -76,6 +76,8 @@ const char *store_encode_value(lua_State *L, Buffer *b, int idx, int smt);
 */
 int store_encode_item(lua_State *L, Buffer *b, int idx, int smt,
                       int dict, int names, const char **err);
+/* Push the "dict" store_encode_item takes, for the names array at "names"; returns its index. */
+int store_push_name_index(lua_State *L, int names);
 /* Roster metadata row: the names array, then the table at idx. */
 const char *store_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt);
 

@@ -241,17 +241,8 @@ static int l_set_keys(lua_State *L) {
   dirty = 0;
   extras = lua_gettop(L);
   names = extras - 1;
-  lua_newtable(L);
-  dict = lua_gettop(L);
+  dict = store_push_name_index(L, names);
   nnames = (lua_Integer)lua_rawlen(L, names);
-  {
-    lua_Integer i;
-    for (i = 1; i <= nnames; i++) {
-      lua_rawgeti(L, names, i);
-      lua_pushinteger(L, i - 1);
-      lua_rawset(L, dict);
-    }
-  }
   lua_pushnil(L);
   while (lua_next(L, 6)) {
     int removing = lua_rawequal(L, -1, 7);
