@@ -74,7 +74,7 @@ static void db_close(DB *d) {
 
 DB *store_check_db(lua_State *L) {
   DB *d = (DB *)luaL_checkudata(L, 1, STORE_DB_MT);
-  if (d->db == NULL) luaL_error(L, "brisk.store: database is closed");
+  if (d->db == NULL) brisk_raise(L, "brisk.store: database is closed");
   return d;
 }
 
