@@ -56,7 +56,7 @@ static int l_pack(lua_State *L) {
   }
   if (err) {
     store_buffer_free(b);
-    lua_pushnil(L);
+    luaL_pushfail(L);
     lua_pushstring(L, err);
     return 2;
   }
@@ -74,13 +74,13 @@ static int l_unpack(lua_State *L) {
   int smt = opt_stanza_mt(L, 2);
   lua_settop(L, 2);
   if (len < STORE_HEADER + STORE_CHECKSUM || blob[0] != STORE_FORMAT_VERSION || blob[1] != STORE_KIND_VALUE) {
-    lua_pushnil(L);
+    luaL_pushfail(L);
     lua_pushliteral(L, "not a brisk value");
     return 2;
   }
   store_checksum(blob, len - STORE_CHECKSUM, NULL, 0, sum);
   if (sodium_memcmp(sum, blob + len - STORE_CHECKSUM, STORE_CHECKSUM) != 0) {
-    lua_pushnil(L);
+    luaL_pushfail(L);
     lua_pushliteral(L, "corrupt data (checksum mismatch)");
     return 2;
   }
@@ -88,7 +88,7 @@ static int l_unpack(lua_State *L) {
   c.end = blob + len - STORE_CHECKSUM;
   err = store_decode_value(L, &c, smt);
   if (!err && c.p != c.end) { lua_pop(L, 1); err = "corrupt data (trailing bytes)"; }
-  if (err) { lua_pushnil(L); lua_pushstring(L, err); return 2; }
+  if (err) { luaL_pushfail(L); lua_pushstring(L, err); return 2; }
   return 1;
 }
 
@@ -133,7 +133,7 @@ static int l_decode_raw(lua_State *L) {
     err = store_decode_payload(L, &c, k == 0 ? STORE_KIND_VALUE : STORE_KIND_ITEM, smt, 3, keys);
     if (!err) return 1;
   }
-  lua_pushnil(L);
+  luaL_pushfail(L);
   lua_pushstring(L, err);
   return 2;
 }
@@ -157,7 +157,7 @@ static int l_encode_raw(lua_State *L) {
   if (!err && b->oom) err = "out of memory";
   if (err) {
     store_buffer_free(b);
-    lua_pushnil(L);
+    luaL_pushfail(L);
     lua_pushstring(L, err);
     return 2;
   }

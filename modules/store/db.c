@@ -78,10 +78,10 @@ DB *store_check_db(lua_State *L) {
   return d;
 }
 
-/* Push "nil, message" (message from SQLite when msg is NULL). */
+/* Push fail and a message (SQLite's when msg is NULL). */
 int store_fail(lua_State *L, DB *d, const char *msg) {
   const char *m = msg ? msg : sqlite3_errmsg(d->db);
-  lua_pushnil(L);
+  luaL_pushfail(L);
   lua_pushstring(L, m);
   return 2;
 }
@@ -133,14 +133,14 @@ int store_commit(DB *d) {
   return rc;
 }
 
-/* Roll back, then push "nil, msg" (msg NULL: SQLite's message, kept before the rollback). */
+/* Roll back, then push fail and msg (msg NULL: SQLite's message, kept before the rollback). */
 int store_abort(lua_State *L, DB *d, const char *msg) {
   if (msg == NULL) msg = lua_pushstring(L, sqlite3_errmsg(d->db));
   if (d->in_txn) {
     sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
     d->in_txn = 0;
   }
-  lua_pushnil(L);
+  luaL_pushfail(L);
   lua_pushstring(L, msg);
   return 2;
 }
@@ -256,7 +256,7 @@ int store_own_row(lua_State *L, int idx) {
   return lua_type(L, idx) == LUA_TSTRING && lua_rawlen(L, idx) > 0;
 }
 
-/* db:pragma(name) -> the first value a read-only PRAGMA reports, as text */
+/* db:pragma(name) -> the first value a read-only PRAGMA reports, as text | fail (no value) */
 static int l_pragma(lua_State *L) {
   DB *d = store_check_db(L);
   const char *name = luaL_checkstring(L, 2);
@@ -284,13 +284,13 @@ static int l_pragma(lua_State *L) {
     }
     sqlite3_finalize(s);
     if (have) lua_pushstring(L, out);
-    else lua_pushnil(L);
+    else luaL_pushfail(L);
   }
   return 1;
 }
 
 /*
-** db:checkpoint() -> true | nil, err: copy the write-ahead log into the
+** db:checkpoint() -> true | fail, err: copy the write-ahead log into the
 ** database file and truncate it (for backups, and to measure the file).
 */
 static int l_checkpoint(lua_State *L) {
@@ -318,7 +318,7 @@ static int l_tostring(lua_State *L) {
 }
 
 static int exec_fail(lua_State *L, DB *d, const char *what) {
-  lua_pushnil(L);
+  luaL_pushfail(L);
   lua_pushfstring(L, "%s: %s", what, d->db ? sqlite3_errmsg(d->db) : "out of memory");
   if (d->db) sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
   db_close(d);
@@ -340,7 +340,7 @@ static int setup(lua_State *L, DB *d) {
     if (v > STORE_SCHEMA_VERSION) {
       sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
       db_close(d);
-      lua_pushnil(L);
+      luaL_pushfail(L);
       lua_pushfstring(L, "database schema version %d is newer than this Brisk supports (%d)", (int)v, STORE_SCHEMA_VERSION);
       return 2;
     }
@@ -374,14 +374,14 @@ static int setup(lua_State *L, DB *d) {
     if (have_check && !d->has_key) {
       sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
       db_close(d);
-      lua_pushnil(L);
+      luaL_pushfail(L);
       lua_pushliteral(L, "database is encrypted but no key is configured (brisk_storage_key_file)");
       return 2;
     }
     if (have_check && !match) {
       sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
       db_close(d);
-      lua_pushnil(L);
+      luaL_pushfail(L);
       lua_pushliteral(L, "encryption key does not match this database (brisk_storage_key_file)");
       return 2;
     }
@@ -401,7 +401,7 @@ static int setup(lua_State *L, DB *d) {
 /*
 ** store.open(path, { synchronous = "full"|"normal", busy_timeout = ms,
 **                    key = 32 bytes, stanza_mt = util.stanza's metatable })
-**   -> db | nil, err
+**   -> db | fail, err
 ** stanza_mt is how the Lua side hands over what the codec needs from
 ** Prosody: values with that metatable are stored and read back as stanzas.
 */

@@ -3,20 +3,20 @@
 ** one key (get_key), one key of every user (get_all), and the users and
 ** stores that have data. Every row is unsealed (checksum or decryption,
 ** bound to its row) before it is decoded; a damaged row makes the read
-** return nil plus a message naming the key, never a partial result.
+** return fail plus a message naming the key, never a partial result.
 */
 #include <string.h>
 #include <sqlite3.h>
 #include "store.h"
 
-/* Push the error "msg" about key "key" and return 2 (nil, message). */
+/* Push fail and the error "msg" about key "key"; returns 2. */
 static int key_fail(lua_State *L, int base, const char *msg, const char *key, size_t klen) {
   char shown[64];
   size_t n = klen < sizeof shown - 1 ? klen : sizeof shown - 1;
   memcpy(shown, key, n);
   shown[n] = '\0';
   lua_settop(L, base);
-  lua_pushnil(L);
+  luaL_pushfail(L);
   if (klen == 0) lua_pushfstring(L, "%s (metadata row)", msg);
   else lua_pushfstring(L, "%s (key '%s')", msg, shown);
   return 2;
@@ -51,7 +51,7 @@ const char *store_load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int 
   return err;
 }
 
-/* db:get(host, user, store, roster) -> table | nil | nil, err */
+/* db:get(host, user, store, roster) -> table | fail (nothing stored) | fail, err */
 static int l_get(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
@@ -62,7 +62,7 @@ static int l_get(lua_State *L) {
   smt = store_push_stanza_mt(L);
   store_entry(d);
   if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
-  if (!found) { lua_pushnil(L); return 1; }
+  if (!found) { luaL_pushfail(L); return 1; }
   store_identity_scope(d, &sc, sc.user, sc.ulen);
   /*
   ** Counting the rows first (a walk of the same few b-tree pages) lets the
@@ -76,7 +76,7 @@ static int l_get(lua_State *L) {
     if (rc == SQLITE_ROW) n = sqlite3_column_int64(s, 0);
     sqlite3_reset(s);
     if (rc != SQLITE_ROW) return store_fail(L, d, NULL);
-    if (n == 0) { lua_pushnil(L); return 1; }
+    if (n == 0) { luaL_pushfail(L); return 1; }
     lua_createtable(L, 0, n > 1000000 ? 1000000 : (int)n);
   }
   result = lua_gettop(L);
@@ -131,11 +131,11 @@ static int l_get(lua_State *L) {
   sqlite3_reset(s);
   if (rc != SQLITE_DONE) return store_fail(L, d, NULL);
   lua_settop(L, result);
-  if (store_table_empty(L, result)) lua_pushnil(L);
+  if (store_table_empty(L, result)) luaL_pushfail(L);
   return 1;
 }
 
-/* db:get_key(host, user, store, roster, key) -> value | nil | nil, err */
+/* db:get_key(host, user, store, roster, key) -> value | fail (no such key) | fail, err */
 static int l_get_key(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
@@ -148,7 +148,7 @@ static int l_get_key(lua_State *L) {
   smt = store_push_stanza_mt(L); /* at 7 */
   store_entry(d);
   if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
-  if (!found) { lua_pushnil(L); return 1; }
+  if (!found) { luaL_pushfail(L); return 1; }
   store_identity_scope(d, &sc, sc.user, sc.ulen);
   if (!store_own_row(L, 6) || roster) {
     /* Non-string keys live in the "" row; roster contacts need its group names. */
@@ -191,12 +191,12 @@ static int l_get_key(lua_State *L) {
       if (err) return key_fail(L, 6, err, key, klen);
       return 1;
     }
-    lua_pushnil(L);
+    luaL_pushfail(L);
     return 1;
   }
 }
 
-/* db:get_all(host, store, roster, key) -> { [user] = value } | nil | nil, err */
+/* db:get_all(host, store, roster, key) -> { [user] = value } | fail (none) | fail, err */
 static int l_get_all(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
@@ -212,7 +212,7 @@ static int l_get_all(lua_State *L) {
   smt = store_push_stanza_mt(L);
   store_entry(d);
   if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
-  if (!found || klen == 0) { lua_pushnil(L); return 1; }
+  if (!found || klen == 0) { luaL_pushfail(L); return 1; }
   lua_newtable(L);
   result = lua_gettop(L);
   keys = store_push_item_keys(L);
@@ -256,7 +256,7 @@ static int l_get_all(lua_State *L) {
     if (rc != SQLITE_DONE) return store_fail(L, d, NULL);
   }
   lua_settop(L, result);
-  if (store_table_empty(L, result)) lua_pushnil(L);
+  if (store_table_empty(L, result)) luaL_pushfail(L);
   return 1;
 }
 

@@ -13,9 +13,13 @@
 ** moved to another row is detected; with a key, map keys are stored as keyed
 ** hashes. Layout: docs/storage-format.md.
 **
-** Every method returns its result, or nil plus a message; only bad arguments
-** raise. The module requires nothing: what it needs from Prosody
-** (util.stanza's metatable) is passed to store.open by the Lua side.
+** Every method returns its result, or fail (nil) plus a message when it
+** cannot; a lookup that finds nothing returns fail alone; misuse (bad
+** arguments, a closed database) raises. mod_storage_brisk turns this into
+** exactly what the stock drivers return.
+**
+** The module requires nothing: what it needs from Prosody (util.stanza's
+** metatable) is passed to store.open by the Lua side.
 */
 #include <sodium.h>
 #include "store.h"

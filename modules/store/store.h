@@ -159,14 +159,14 @@ DB *store_check_db(lua_State *L);
 ** previous one, so its statements are reset and its transaction undone.
 */
 void store_entry(DB *d);
-/* Push "nil, message" (message from SQLite when msg is NULL); returns 2. */
+/* Push fail and a message (SQLite's when msg is NULL); returns 2. */
 int store_fail(lua_State *L, DB *d, const char *msg);
 /* The statement "which" (an S_* index), prepared once, reset and unbound. NULL: SQLite failed. */
 sqlite3_stmt *store_stmt(DB *d, int which);
 /* BEGIN IMMEDIATE and COMMIT: SQLite's result code. */
 int store_begin(DB *d);
 int store_commit(DB *d);
-/* Roll back, then push "nil, msg" (msg NULL: SQLite's message); returns 2. */
+/* Roll back, then push fail and msg (msg NULL: SQLite's message); returns 2. */
 int store_abort(lua_State *L, DB *d, const char *msg);
 
 /* A name's id, created when "create"; *id is 0 when absent. SQLite's result code. */

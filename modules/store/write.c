@@ -126,7 +126,7 @@ static int rowkey_hash_cmp(const void *a, const void *b) {
   return memcmp(((const RowKey *)a)->h, ((const RowKey *)b)->h, STORE_HASH_LEN);
 }
 
-/* db:set(host, user, store, roster, data|nil) -> true | nil, err (one transaction) */
+/* db:set(host, user, store, roster, data|nil) -> true | fail, err (one transaction) */
 static int l_set(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
@@ -204,7 +204,7 @@ static int l_set(lua_State *L) {
   return 1;
 }
 
-/* db:set_keys(host, user, store, roster, { [key] = value or remove }, remove) -> true | nil, err */
+/* db:set_keys(host, user, store, roster, { [key] = value or remove }, remove) -> true | fail, err */
 static int l_set_keys(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
@@ -277,7 +277,7 @@ static int l_set_keys(lua_State *L) {
   return 1;
 }
 
-/* db:purge(host, user) -> true | nil, err: every store of one user */
+/* db:purge(host, user) -> true | fail, err: every store of one user */
 static int l_purge(lua_State *L) {
   DB *d = store_check_db(L);
   size_t hlen, ulen;
@@ -299,7 +299,7 @@ static int l_purge(lua_State *L) {
   return 1;
 }
 
-/* db:delete_all(host, store, roster, key) -> true | nil, err: one key of every user */
+/* db:delete_all(host, store, roster, key) -> true | fail, err: one key of every user */
 static int l_delete_all(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
