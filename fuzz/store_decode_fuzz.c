@@ -40,11 +40,11 @@ static int run(lua_State *L1) {
     if (e2 == NULL) {
       Cursor c2 = { b.p, b.p + b.n };
       if (store_decode_value(L1, &c2, 1) != NULL || c2.p != c2.end) {
-        store_buffer_free(&b);
+        store_buffer_free(L1, &b);
         __builtin_trap();
       }
     }
-    store_buffer_free(&b);
+    store_buffer_free(L1, &b);
   }
   return 0;
 }

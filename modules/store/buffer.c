@@ -1,19 +1,21 @@
 /*
 ** buffer.c — the growable byte buffers encoders and sealing write into, and
-** the varints (unsigned LEB128) they write and cursors read.
+** the varints (unsigned LEB128) they write and cursors read. Their memory
+** comes from the Lua state's allocator (brisk_alloc), and every Buffer has
+** an owner whose __gc frees it: the DB userdata, or a scratch userdata.
 */
 #include <string.h>
-#include <stdlib.h>
 #include "store.h"
 
-void store_buffer_free(Buffer *b) {
-  free(b->p);
+void store_buffer_free(lua_State *L, Buffer *b) {
+  brisk_free(L, b->p, b->cap);
   b->p = NULL;
   b->n = b->cap = 0;
   b->oom = 0;
 }
 
-static int reserve(Buffer *b, size_t len) {
+/* Make room for len more bytes, through the Lua state's allocator. */
+static int reserve(lua_State *L, Buffer *b, size_t len) {
   if (b->oom) return 0;
   if (b->cap - b->n >= len) return 1;
   {
@@ -23,7 +25,7 @@ static int reserve(Buffer *b, size_t len) {
       if (ncap > ((size_t)-1) / 2) { b->oom = 1; return 0; }
       ncap *= 2;
     }
-    np = realloc(b->p, ncap);
+    np = (unsigned char *)brisk_alloc(L, b->p, b->cap, ncap);
     if (np == NULL) { b->oom = 1; return 0; }
     b->p = np;
     b->cap = ncap;
@@ -31,18 +33,18 @@ static int reserve(Buffer *b, size_t len) {
   return 1;
 }
 
-void store_put(Buffer *b, const void *s, size_t len) {
-  if (len == 0 || !reserve(b, len)) return;
+void store_put(lua_State *L, Buffer *b, const void *s, size_t len) {
+  if (len == 0 || !reserve(L, b, len)) return;
   memcpy(b->p + b->n, s, len);
   b->n += len;
 }
 
-void store_put_byte(Buffer *b, unsigned char c) {
-  store_put(b, &c, 1);
+void store_put_byte(lua_State *L, Buffer *b, unsigned char c) {
+  store_put(L, b, &c, 1);
 }
 
 /* Unsigned LEB128: seven bits a byte, low bits first, high bit = more. */
-void store_put_varint(Buffer *b, uint64_t v) {
+void store_put_varint(lua_State *L, Buffer *b, uint64_t v) {
   unsigned char tmp[10];
   size_t n = 0;
   do {
@@ -50,12 +52,12 @@ void store_put_varint(Buffer *b, uint64_t v) {
     v >>= 7;
     tmp[n++] = c | (v ? 0x80 : 0);
   } while (v);
-  store_put(b, tmp, n);
+  store_put(L, b, tmp, n);
 }
 
-void store_put_str(Buffer *b, const char *s, size_t len) {
-  store_put_varint(b, len);
-  store_put(b, s, len);
+void store_put_str(lua_State *L, Buffer *b, const char *s, size_t len) {
+  store_put_varint(L, b, len);
+  store_put(L, b, s, len);
 }
 
 int store_get_varint(Cursor *c, uint64_t *v) {

@@ -88,7 +88,7 @@ static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth
   const char *err = NULL;
   if (depth >= STORE_MAX_DEPTH) return "tables nested too deeply (or a cycle)";
   luaL_checkstack(L, 6, "brisk.store: nesting");
-  store_put_varint(b, (uint64_t)narr);
+  store_put_varint(L, b, (uint64_t)narr);
   for (i = 1; i <= narr; i++) {
     lua_rawgeti(L, idx, i);
     err = enc_value(L, b, -1, smt, depth + 1);
@@ -103,7 +103,7 @@ static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth
     }
     lua_pop(L, 1);
   }
-  store_put_varint(b, nhash);
+  store_put_varint(L, b, nhash);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (!in_seq(L, -2, narr) && !(skip && skip(L, -2, -1))) {
@@ -124,17 +124,17 @@ static const char *enc_stanza(lua_State *L, Buffer *b, int idx, int smt, int dep
   const char *s;
   if (depth >= STORE_MAX_DEPTH) return "stanzas nested too deeply (or a cycle)";
   luaL_checkstack(L, 4, "brisk.store: nesting");
-  store_put_byte(b, T_STANZA);
+  store_put_byte(L, b, T_STANZA);
   if (lua_getfield(L, idx, "name") != LUA_TSTRING) { lua_settop(L, top); return "malformed stanza (name is not a string)"; }
   s = lua_tolstring(L, -1, &len);
-  store_put_str(b, s, len);
+  store_put_str(L, b, s, len);
   lua_pop(L, 1);
   if (lua_getfield(L, idx, "attr") != LUA_TTABLE) { lua_settop(L, top); return "malformed stanza (attr is not a table)"; }
   err = enc_body(L, b, lua_gettop(L), smt, depth + 1, NULL);
   lua_settop(L, top);
   if (err) return err;
   n = seq_len(L, idx);
-  store_put_varint(b, (uint64_t)n);
+  store_put_varint(L, b, (uint64_t)n);
   for (i = 1; i <= n; i++) {
     int t = lua_rawgeti(L, idx, i);
     if (t != LUA_TSTRING && t != LUA_TTABLE) { lua_settop(L, top); return "malformed stanza (child is neither text nor element)"; }
@@ -149,15 +149,15 @@ static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int dept
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
-      store_put_byte(b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+      store_put_byte(L, b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
       return NULL;
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) {
         uint64_t u = (uint64_t)lua_tointeger(L, idx);
         /* Zigzag, so small negative numbers stay short. */
         uint64_t z = (u << 1) ^ (uint64_t)(-(int64_t)(u >> 63));
-        store_put_byte(b, T_INT);
-        store_put_varint(b, z);
+        store_put_byte(L, b, T_INT);
+        store_put_varint(L, b, z);
       } else {
         double d = lua_tonumber(L, idx);
         uint64_t bits;
@@ -165,22 +165,22 @@ static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int dept
         int i;
         memcpy(&bits, &d, 8);
         for (i = 0; i < 8; i++) le[i] = (unsigned char)(bits >> (8 * i));
-        store_put_byte(b, T_FLOAT);
-        store_put(b, le, 8);
+        store_put_byte(L, b, T_FLOAT);
+        store_put(L, b, le, 8);
       }
       return NULL;
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
-      store_put_byte(b, T_STRING);
-      store_put_str(b, s, len);
+      store_put_byte(L, b, T_STRING);
+      store_put_str(L, b, s, len);
       return NULL;
     }
     case LUA_TTABLE:
       if (is_stanza(L, idx, smt))
         return enc_stanza(L, b, idx, smt, depth);
       /* Any other metatable is ignored, as Prosody's own serializers do. */
-      store_put_byte(b, T_TABLE);
+      store_put_byte(L, b, T_TABLE);
       return enc_body(L, b, idx, smt, depth, NULL);
     case LUA_TFUNCTION:
       return "cannot store a function (only strings, numbers, booleans, tables and stanzas)";
@@ -278,13 +278,13 @@ int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int n
     lua_pop(L, 1);
   }
   if (extra) flags |= F_EXTRA;
-  store_put_byte(b, (unsigned char)flags);
+  store_put_byte(L, b, (unsigned char)flags);
   if (flags & F_NAME) {
     size_t len;
     const char *s;
     lua_getfield(L, idx, "name");
     s = lua_tolstring(L, -1, &len);
-    store_put_str(b, s, len);
+    store_put_str(L, b, s, len);
     lua_pop(L, 1);
   }
   if (has_groups) {
@@ -294,7 +294,7 @@ int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int n
     g = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, g)) { n++; lua_pop(L, 1); }
-    store_put_varint(b, n + 1);
+    store_put_varint(L, b, n + 1);
     lua_pushnil(L);
     while (lua_next(L, g)) {
       lua_Integer gi;
@@ -312,11 +312,11 @@ int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int n
         lua_rawset(L, dict);
       }
       lua_pop(L, 1);
-      store_put_varint(b, (uint64_t)gi);
+      store_put_varint(L, b, (uint64_t)gi);
     }
     lua_pop(L, 1);
   } else {
-    store_put_varint(b, 0);
+    store_put_varint(L, b, 0);
   }
   if (extra) {
     *err = enc_body(L, b, idx, smt, 1, skip_compact);
@@ -329,13 +329,13 @@ int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int n
 const char *store_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, names), i;
   const char *err;
-  store_put_varint(b, (uint64_t)n);
+  store_put_varint(L, b, (uint64_t)n);
   for (i = 1; i <= n; i++) {
     size_t len;
     const char *s;
     lua_rawgeti(L, names, i);
     s = lua_tolstring(L, -1, &len);
-    store_put_str(b, s ? s : "", s ? len : 0);
+    store_put_str(L, b, s ? s : "", s ? len : 0);
     lua_pop(L, 1);
   }
   err = enc_body(L, b, lua_absindex(L, idx), smt, 0, NULL);

@@ -13,7 +13,7 @@
 ** encoding (out of memory) cannot leak it: the collector frees it.
 */
 static int buf_gc(lua_State *L) {
-  store_buffer_free((Buffer *)luaL_checkudata(L, 1, STORE_BUFFER_MT));
+  store_buffer_free(L, (Buffer *)luaL_checkudata(L, 1, STORE_BUFFER_MT));
   return 0;
 }
 
@@ -47,21 +47,21 @@ static int l_pack(lua_State *L) {
   smt = opt_stanza_mt(L, 2);
   lua_settop(L, 2);
   b = new_scratch(L);
-  store_put(b, hdr, sizeof hdr);
+  store_put(L, b, hdr, sizeof hdr);
   err = store_encode_value(L, b, 1, smt);
   if (!err) {
     store_checksum(b->p, b->n, NULL, 0, sum);
-    store_put(b, sum, STORE_CHECKSUM);
+    store_put(L, b, sum, STORE_CHECKSUM);
     if (b->oom) err = "out of memory";
   }
   if (err) {
-    store_buffer_free(b);
+    store_buffer_free(L, b);
     luaL_pushfail(L);
     lua_pushstring(L, err);
     return 2;
   }
   lua_pushlstring(L, (const char *)b->p, b->n);
-  store_buffer_free(b);
+  store_buffer_free(L, b);
   return 1;
 }
 
@@ -156,13 +156,13 @@ static int l_encode_raw(lua_State *L) {
   else if (store_encode_item(L, b, 2, smt, dict, names, &err) < 0 && !err) err = "encoding failed";
   if (!err && b->oom) err = "out of memory";
   if (err) {
-    store_buffer_free(b);
+    store_buffer_free(L, b);
     luaL_pushfail(L);
     lua_pushstring(L, err);
     return 2;
   }
   lua_pushlstring(L, (const char *)b->p, b->n);
-  store_buffer_free(b);
+  store_buffer_free(L, b);
   return 1;
 }
 

@@ -51,16 +51,16 @@ static const char schema_sql[] =
   " store INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
   " PRIMARY KEY(host, user, store, key)) WITHOUT ROWID;";
 
-static void free_buffers(DB *d) {
-  store_buffer_free(&d->buf);
-  store_buffer_free(&d->out);
+static void free_buffers(lua_State *L, DB *d) {
+  store_buffer_free(L, &d->buf);
+  store_buffer_free(L, &d->out);
   if (d->plain.p) sodium_memzero(d->plain.p, d->plain.cap);
-  store_buffer_free(&d->plain);
-  store_buffer_free(&d->ctx);
-  store_buffer_free(&d->ad);
+  store_buffer_free(L, &d->plain);
+  store_buffer_free(L, &d->ctx);
+  store_buffer_free(L, &d->ad);
 }
 
-static void db_close(DB *d) {
+static void db_close(lua_State *L, DB *d) {
   int i;
   for (i = 0; i < S_COUNT; i++) {
     if (d->st[i]) sqlite3_finalize(d->st[i]);
@@ -68,7 +68,7 @@ static void db_close(DB *d) {
   }
   if (d->db) sqlite3_close_v2(d->db);
   d->db = NULL;
-  free_buffers(d);
+  free_buffers(L, d);
   store_clear_key(d);
 }
 
@@ -306,7 +306,7 @@ static int l_close(lua_State *L) {
   DB *d = (DB *)luaL_checkudata(L, 1, STORE_DB_MT);
   if (d->db) {
     store_entry(d);
-    db_close(d);
+    db_close(L, d);
   }
   return 0;
 }
@@ -321,7 +321,7 @@ static int exec_fail(lua_State *L, DB *d, const char *what) {
   luaL_pushfail(L);
   lua_pushfstring(L, "%s: %s", what, d->db ? sqlite3_errmsg(d->db) : "out of memory");
   if (d->db) sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
-  db_close(d);
+  db_close(L, d);
   return 2;
 }
 
@@ -339,7 +339,7 @@ static int setup(lua_State *L, DB *d) {
     sqlite3_reset(s);
     if (v > STORE_SCHEMA_VERSION) {
       sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
-      db_close(d);
+      db_close(L, d);
       luaL_pushfail(L);
       lua_pushfstring(L, "database schema version %d is newer than this Brisk supports (%d)", (int)v, STORE_SCHEMA_VERSION);
       return 2;
@@ -373,14 +373,14 @@ static int setup(lua_State *L, DB *d) {
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return exec_fail(L, d, "cannot read key check");
     if (have_check && !d->has_key) {
       sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
-      db_close(d);
+      db_close(L, d);
       luaL_pushfail(L);
       lua_pushliteral(L, "database is encrypted but no key is configured (brisk_storage_key_file)");
       return 2;
     }
     if (have_check && !match) {
       sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
-      db_close(d);
+      db_close(L, d);
       luaL_pushfail(L);
       lua_pushliteral(L, "encryption key does not match this database (brisk_storage_key_file)");
       return 2;

@@ -37,8 +37,8 @@ const char *store_load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int 
   sqlite3_bind_text(s, 4, "", 0, SQLITE_STATIC);
   rc = sqlite3_step(s);
   if (rc == SQLITE_ROW) {
-    store_identity_key(d, "", 0);
-    err = store_unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
+    store_identity_key(L, d, "", 0);
+    err = store_unseal(L, d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
     if (!err) err = store_decode_extra(L, &c, kind, smt);
     *exists = 1;
   } else if (rc == SQLITE_DONE) {
@@ -63,7 +63,7 @@ static int l_get(lua_State *L) {
   store_entry(d);
   if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
   if (!found) { luaL_pushfail(L); return 1; }
-  store_identity_scope(d, &sc, sc.user, sc.ulen);
+  store_identity_scope(L, d, &sc, sc.user, sc.ulen);
   /*
   ** Counting the rows first (a walk of the same few b-tree pages) lets the
   ** result table be allocated once instead of growing through a dozen rehashes.
@@ -95,8 +95,8 @@ static int l_get(lua_State *L) {
     int kind;
     Cursor c;
     if (key == NULL) key = "";
-    store_identity_key(d, key, klen);
-    err = store_unseal(d, blob, blen, &kind, &c);
+    store_identity_key(L, d, key, klen);
+    err = store_unseal(L, d, blob, blen, &kind, &c);
     if (!err && as_hash) {
       /* From here on key points into the decrypted payload (until the next unseal). */
       const unsigned char *stored = (const unsigned char *)key;
@@ -149,7 +149,7 @@ static int l_get_key(lua_State *L) {
   store_entry(d);
   if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
   if (!found) { luaL_pushfail(L); return 1; }
-  store_identity_scope(d, &sc, sc.user, sc.ulen);
+  store_identity_scope(L, d, &sc, sc.user, sc.ulen);
   if (!store_own_row(L, 6) || roster) {
     /* Non-string keys live in the "" row; roster contacts need its group names. */
     if ((err = store_load_extra(L, d, &sc, smt, &exists)) != NULL) return key_fail(L, 6, err, "", 0);
@@ -178,8 +178,8 @@ static int l_get_key(lua_State *L) {
       rc = sqlite3_step(s);
       if (rc == SQLITE_DONE) { sqlite3_reset(s); continue; }
       if (rc != SQLITE_ROW) { sqlite3_reset(s); return store_fail(L, d, NULL); }
-      store_identity_key(d, f.stored, f.slen);
-      err = store_unseal(d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
+      store_identity_key(L, d, f.stored, f.slen);
+      err = store_unseal(L, d, sqlite3_column_blob(s, 0), (size_t)sqlite3_column_bytes(s, 0), &kind, &c);
       if (!err && f.hashed) {
         const char *real;
         size_t rlen;
@@ -229,7 +229,7 @@ static int l_get_all(lua_State *L) {
       Cursor c;
       if (user == NULL) user = "";
       sc.uid = sqlite3_column_int64(s, 0);
-      store_identity_scope(d, &sc, user, ulen);
+      store_identity_scope(L, d, &sc, user, ulen);
       if (roster) {
         /* This user's group names: the "" row, read with its own statement. */
         if ((err = store_load_extra(L, d, &sc, smt, &exists)) != NULL) { sqlite3_reset(s); return key_fail(L, 5, err, "", 0); }
@@ -237,8 +237,8 @@ static int l_get_all(lua_State *L) {
       } else {
         lua_newtable(L);
       }
-      store_identity_key(d, f.stored, f.slen);
-      err = store_unseal(d, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &kind, &c);
+      store_identity_key(L, d, f.stored, f.slen);
+      err = store_unseal(L, d, sqlite3_column_blob(s, 2), (size_t)sqlite3_column_bytes(s, 2), &kind, &c);
       if (!err && f.hashed) {
         const char *real;
         size_t rlen;

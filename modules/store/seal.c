@@ -43,22 +43,22 @@ void store_key_check(const DB *d, unsigned char out[STORE_KEY_CHECK]) {
 }
 
 /* Row identity: host, user (length+1, 0 for host-level), store, then the key. */
-void store_identity_scope(DB *d, const Scope *sc, const char *user, size_t ulen) {
+void store_identity_scope(lua_State *L, DB *d, const Scope *sc, const char *user, size_t ulen) {
   d->ctx.n = 0;
-  store_put_str(&d->ctx, sc->host, sc->hlen);
+  store_put_str(L, &d->ctx, sc->host, sc->hlen);
   if (user) {
-    store_put_varint(&d->ctx, (uint64_t)ulen + 1);
-    store_put(&d->ctx, user, ulen);
+    store_put_varint(L, &d->ctx, (uint64_t)ulen + 1);
+    store_put(L, &d->ctx, user, ulen);
   } else {
-    store_put_varint(&d->ctx, 0);
+    store_put_varint(L, &d->ctx, 0);
   }
-  store_put_str(&d->ctx, sc->store, sc->slen);
+  store_put_str(L, &d->ctx, sc->store, sc->slen);
   d->ctx_prefix = d->ctx.n;
 }
 
-void store_identity_key(DB *d, const char *key, size_t klen) {
+void store_identity_key(lua_State *L, DB *d, const char *key, size_t klen) {
   d->ctx.n = d->ctx_prefix;
-  store_put_str(&d->ctx, key, klen);
+  store_put_str(L, &d->ctx, key, klen);
 }
 
 /*
@@ -111,33 +111,33 @@ static void checksum(const unsigned char *data, size_t len, const Buffer *ctx, u
 }
 
 /* Seal d->buf (a payload of "kind") into d->out. */
-const char *store_seal(DB *d, int kind) {
+const char *store_seal(lua_State *L, DB *d, int kind) {
   unsigned char hdr[STORE_HEADER];
   hdr[0] = STORE_FORMAT_VERSION;
   hdr[1] = (unsigned char)(kind | (d->has_key ? STORE_KIND_ENCRYPTED : 0));
   d->out.n = 0;
   if (d->buf.oom || d->ctx.oom) return "out of memory";
-  store_put(&d->out, hdr, STORE_HEADER);
+  store_put(L, &d->out, hdr, STORE_HEADER);
   if (!d->has_key) {
     unsigned char sum[STORE_CHECKSUM];
-    store_put(&d->out, d->buf.p, d->buf.n);
+    store_put(L, &d->out, d->buf.p, d->buf.n);
     if (d->out.oom) return "out of memory";
     checksum(d->out.p, d->out.n, &d->ctx, sum);
-    store_put(&d->out, sum, STORE_CHECKSUM);
+    store_put(L, &d->out, sum, STORE_CHECKSUM);
   } else {
     unsigned char nonce[STORE_NONCE], mac[STORE_MAC];
     unsigned long long clen = 0;
     size_t at;
     d->ad.n = 0;
-    store_put(&d->ad, hdr, STORE_HEADER);
-    store_put(&d->ad, d->ctx.p, d->ctx.n);
+    store_put(L, &d->ad, hdr, STORE_HEADER);
+    store_put(L, &d->ad, d->ctx.p, d->ctx.n);
     randombytes_buf(nonce, sizeof nonce);
-    store_put(&d->out, nonce, sizeof nonce);
+    store_put(L, &d->out, nonce, sizeof nonce);
     at = d->out.n;
     /* Reserve room for the ciphertext and tag by appending placeholders. */
-    store_put(&d->out, d->buf.p, d->buf.n);
+    store_put(L, &d->out, d->buf.p, d->buf.n);
     memset(mac, 0, sizeof mac);
-    store_put(&d->out, mac, sizeof mac);
+    store_put(L, &d->out, mac, sizeof mac);
     if (d->out.oom || d->ad.oom) return "out of memory";
     crypto_aead_xchacha20poly1305_ietf_encrypt(d->out.p + at, &clen, d->buf.p, d->buf.n,
                                                d->ad.p, d->ad.n, NULL, nonce, d->key);
@@ -146,7 +146,7 @@ const char *store_seal(DB *d, int kind) {
 }
 
 /* Check and open a stored blob; on success *cur spans its payload. */
-const char *store_unseal(DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur) {
+const char *store_unseal(lua_State *L, DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur) {
   int k;
   if (blob == NULL || len < STORE_HEADER) return "corrupt data (blob too short)";
   if (blob[0] != STORE_FORMAT_VERSION) return "unsupported or corrupt data (unknown format version)";
@@ -156,10 +156,10 @@ const char *store_unseal(DB *d, const unsigned char *blob, size_t len, int *kind
     if (!d->has_key) return "data is encrypted but no key is configured (brisk_storage_key_file)";
     if (len < STORE_HEADER + STORE_NONCE + STORE_MAC) return "corrupt data (encrypted blob too short)";
     d->ad.n = 0;
-    store_put(&d->ad, blob, STORE_HEADER);
-    store_put(&d->ad, d->ctx.p, d->ctx.n);
+    store_put(L, &d->ad, blob, STORE_HEADER);
+    store_put(L, &d->ad, d->ctx.p, d->ctx.n);
     d->plain.n = 0;
-    store_put(&d->plain, blob, len); /* only to reserve room */
+    store_put(L, &d->plain, blob, len); /* only to reserve room */
     if (d->ad.oom || d->plain.oom || d->ctx.oom) return "out of memory";
     if (crypto_aead_xchacha20poly1305_ietf_decrypt(d->plain.p, &plen, NULL,
           blob + STORE_HEADER + STORE_NONCE, len - STORE_HEADER - STORE_NONCE, d->ad.p, d->ad.n,

@@ -40,18 +40,22 @@
 
 /* ---------------------------------------------------------------- buffer.c */
 
-/* A growable byte buffer; "oom" is sticky so callers check once at the end. */
+/*
+** A growable byte buffer in memory from L's allocator (all functions take
+** the state whose allocator it uses); "oom" is sticky so callers check once
+** at the end. It starts all zero and is given back by store_buffer_free.
+*/
 typedef struct Buffer {
   unsigned char *p;
   size_t n, cap;
   int oom;
 } Buffer;
 
-void store_buffer_free(Buffer *b);
-void store_put(Buffer *b, const void *s, size_t len);
-void store_put_byte(Buffer *b, unsigned char c);
-void store_put_varint(Buffer *b, uint64_t v);
-void store_put_str(Buffer *b, const char *s, size_t len);
+void store_buffer_free(lua_State *L, Buffer *b);
+void store_put(lua_State *L, Buffer *b, const void *s, size_t len);
+void store_put_byte(lua_State *L, Buffer *b, unsigned char c);
+void store_put_varint(lua_State *L, Buffer *b, uint64_t v);
+void store_put_str(lua_State *L, Buffer *b, const char *s, size_t len);
 
 /* A read cursor over a payload; every read checks bounds. */
 typedef struct Cursor {
@@ -233,8 +237,8 @@ void store_key_check(const DB *d, unsigned char out[STORE_KEY_CHECK]);
 ** The row identity in d->ctx: first the scope (user NULL for host-level
 ** data), then the key, which may be replaced for each row of that scope.
 */
-void store_identity_scope(DB *d, const Scope *sc, const char *user, size_t ulen);
-void store_identity_key(DB *d, const char *key, size_t klen);
+void store_identity_scope(lua_State *L, DB *d, const Scope *sc, const char *user, size_t ulen);
+void store_identity_key(lua_State *L, DB *d, const char *key, size_t klen);
 
 /* Whether a key of klen bytes is stored as its keyed hash, and that hash. */
 int store_hashed(const DB *d, size_t klen);
@@ -250,8 +254,8 @@ const char *store_take_key(const DB *d, Cursor *c, const unsigned char *stored, 
 void store_checksum(const unsigned char *data, size_t len, const unsigned char *ctx, size_t clen,
                     unsigned char *out);
 /* Seal d->buf, a payload of "kind", into d->out for the row in d->ctx. */
-const char *store_seal(DB *d, int kind);
+const char *store_seal(lua_State *L, DB *d, int kind);
 /* Check and open a stored blob of the row in d->ctx; *cur then spans its payload. */
-const char *store_unseal(DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur);
+const char *store_unseal(lua_State *L, DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur);
 
 #endif

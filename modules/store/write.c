@@ -37,7 +37,7 @@ static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key
   sqlite3_stmt *s;
   store_key_first(d, &f, key, klen);
   d->buf.n = 0;
-  if (f.hashed) store_put_str(&d->buf, key, klen);
+  if (f.hashed) store_put_str(L, &d->buf, key, klen);
   if (roster) {
     kind = store_encode_item(L, &d->buf, vidx, smt, dict, names, &err);
     if (kind < 0) return err;
@@ -45,8 +45,8 @@ static const char *put_row(lua_State *L, DB *d, const Scope *sc, const char *key
     if ((err = store_encode_value(L, &d->buf, vidx, smt)) != NULL) return err;
     kind = STORE_KIND_VALUE;
   }
-  store_identity_key(d, f.stored, f.slen);
-  if ((err = store_seal(d, kind)) != NULL) return err;
+  store_identity_key(L, d, f.stored, f.slen);
+  if ((err = store_seal(L, d, kind)) != NULL) return err;
   if ((s = store_stmt(d, S_PUT)) == NULL) return sqlite3_errmsg(d->db);
   store_bind_scope(s, sc);
   store_bind_key(s, 4, &f);
@@ -92,8 +92,8 @@ static const char *put_extra(lua_State *L, DB *d, const Scope *sc, int roster, i
     kind = STORE_KIND_VALUE;
   }
   if (err) return err;
-  store_identity_key(d, "", 0);
-  if ((err = store_seal(d, kind)) != NULL) return err;
+  store_identity_key(L, d, "", 0);
+  if ((err = store_seal(L, d, kind)) != NULL) return err;
   if ((s = store_stmt(d, S_PUT)) == NULL) return sqlite3_errmsg(d->db);
   store_bind_scope(s, sc);
   sqlite3_bind_text(s, 4, "", 0, SQLITE_STATIC);
@@ -146,7 +146,7 @@ static int l_set(lua_State *L) {
   if (sqlite3_step(s) != SQLITE_DONE) { sqlite3_reset(s); return store_abort(L, d, NULL); }
   sqlite3_reset(s);
   if (lua_istable(L, 6)) {
-    store_identity_scope(d, &sc, sc.user, sc.ulen);
+    store_identity_scope(L, d, &sc, sc.user, sc.ulen);
     lua_newtable(L); names = lua_gettop(L);
     lua_newtable(L); dict = lua_gettop(L);
     lua_newtable(L); extras = lua_gettop(L);
@@ -220,7 +220,7 @@ static int l_set_keys(lua_State *L) {
   store_entry(d);
   if (store_begin(d) != SQLITE_OK) return store_fail(L, d, NULL);
   if (store_resolve(d, &sc, 1, &found) != SQLITE_OK) return store_abort(L, d, NULL);
-  store_identity_scope(d, &sc, sc.user, sc.ulen);
+  store_identity_scope(L, d, &sc, sc.user, sc.ulen);
   /* The "" row is read only when needed: rosters (group names) or non-string keys. */
   if (!roster) {
     lua_pushnil(L);
@@ -356,7 +356,7 @@ static int l_delete_all(lua_State *L) {
       sc.uid = lua_tointeger(L, -1);
       lua_rawgeti(L, 7, i + 1);
       user = lua_tolstring(L, -1, &ulen);
-      store_identity_scope(d, &sc, user, ulen);
+      store_identity_scope(L, d, &sc, user, ulen);
       if ((err = store_load_extra(L, d, &sc, smt, &exists)) != NULL) {
         /* A damaged row is left for the admin to see rather than dropped. */
         lua_settop(L, 7);
