@@ -14,6 +14,11 @@ void store_buffer_free(lua_State *L, Buffer *b) {
   b->oom = 0;
 }
 
+/* Give the memory back if one large value grew the buffer past its idle size. */
+void store_buffer_trim(lua_State *L, Buffer *b) {
+  if (b->cap > STORE_BUFFER_IDLE) store_buffer_free(L, b);
+}
+
 /* Make room for len more bytes, through the Lua state's allocator. */
 static int reserve(lua_State *L, Buffer *b, size_t len) {
   if (b->oom) return 0;

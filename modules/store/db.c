@@ -78,6 +78,21 @@ DB *store_check_db(lua_State *L) {
   return d;
 }
 
+/*
+** End of a method that used the DB's buffers: what one large value grew
+** them to is given back, the plaintext wiped first. A method cut short by a
+** Lua error skips this; the next one to finish does it.
+*/
+int store_leave(lua_State *L, DB *d, int nresults) {
+  if (d->plain.cap > STORE_BUFFER_IDLE) sodium_memzero(d->plain.p, d->plain.cap);
+  store_buffer_trim(L, &d->buf);
+  store_buffer_trim(L, &d->out);
+  store_buffer_trim(L, &d->plain);
+  store_buffer_trim(L, &d->ctx);
+  store_buffer_trim(L, &d->ad);
+  return nresults;
+}
+
 /* Push fail and a message (SQLite's when msg is NULL). */
 int store_fail(lua_State *L, DB *d, const char *msg) {
   const char *m = msg ? msg : sqlite3_errmsg(d->db);

@@ -52,8 +52,7 @@ const char *store_load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int 
 }
 
 /* db:get(host, user, store, roster) -> table | fail (nothing stored) | fail, err */
-static int l_get(lua_State *L) {
-  DB *d = store_check_db(L);
+static int get(lua_State *L, DB *d) {
   Scope sc;
   int found, rc, result, names, keys, smt;
   sqlite3_stmt *s;
@@ -135,9 +134,13 @@ static int l_get(lua_State *L) {
   return 1;
 }
 
-/* db:get_key(host, user, store, roster, key) -> value | fail (no such key) | fail, err */
-static int l_get_key(lua_State *L) {
+static int l_get(lua_State *L) {
   DB *d = store_check_db(L);
+  return store_leave(L, d, get(L, d));
+}
+
+/* db:get_key(host, user, store, roster, key) -> value | fail (no such key) | fail, err */
+static int get_key(lua_State *L, DB *d) {
   Scope sc;
   int found, rc, exists, roster, smt;
   const char *err;
@@ -196,9 +199,13 @@ static int l_get_key(lua_State *L) {
   }
 }
 
-/* db:get_all(host, store, roster, key) -> { [user] = value } | fail (none) | fail, err */
-static int l_get_all(lua_State *L) {
+static int l_get_key(lua_State *L) {
   DB *d = store_check_db(L);
+  return store_leave(L, d, get_key(L, d));
+}
+
+/* db:get_all(host, store, roster, key) -> { [user] = value } | fail (none) | fail, err */
+static int get_all(lua_State *L, DB *d) {
   Scope sc;
   int found, rc, roster, result, keys, smt, more;
   size_t klen;
@@ -258,6 +265,11 @@ static int l_get_all(lua_State *L) {
   lua_settop(L, result);
   if (store_table_empty(L, result)) luaL_pushfail(L);
   return 1;
+}
+
+static int l_get_all(lua_State *L) {
+  DB *d = store_check_db(L);
+  return store_leave(L, d, get_all(L, d));
 }
 
 /* Push the column-0 strings of a statement's rows as an array. */

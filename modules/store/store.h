@@ -52,6 +52,9 @@ typedef struct Buffer {
 } Buffer;
 
 void store_buffer_free(lua_State *L, Buffer *b);
+/* Free the buffer if it grew past STORE_BUFFER_IDLE bytes, e.g. for one large value. */
+#define STORE_BUFFER_IDLE 65536
+void store_buffer_trim(lua_State *L, Buffer *b);
 void store_put(lua_State *L, Buffer *b, const void *s, size_t len);
 void store_put_byte(lua_State *L, Buffer *b, unsigned char c);
 void store_put_varint(lua_State *L, Buffer *b, uint64_t v);
@@ -163,6 +166,8 @@ DB *store_check_db(lua_State *L);
 ** previous one, so its statements are reset and its transaction undone.
 */
 void store_entry(DB *d);
+/* End of a method that used the DB's buffers: trim them; returns nresults. */
+int store_leave(lua_State *L, DB *d, int nresults);
 /* Push fail and a message (SQLite's when msg is NULL); returns 2. */
 int store_fail(lua_State *L, DB *d, const char *msg);
 /* The statement "which" (an S_* index), prepared once, reset and unbound. NULL: SQLite failed. */

@@ -127,8 +127,7 @@ static int rowkey_hash_cmp(const void *a, const void *b) {
 }
 
 /* db:set(host, user, store, roster, data|nil) -> true | fail, err (one transaction) */
-static int l_set(lua_State *L) {
-  DB *d = store_check_db(L);
+static int set(lua_State *L, DB *d) {
   Scope sc;
   int found, roster, smt, names, dict, extras;
   const char *err = NULL;
@@ -204,9 +203,13 @@ static int l_set(lua_State *L) {
   return 1;
 }
 
-/* db:set_keys(host, user, store, roster, { [key] = value or remove }, remove) -> true | fail, err */
-static int l_set_keys(lua_State *L) {
+static int l_set(lua_State *L) {
   DB *d = store_check_db(L);
+  return store_leave(L, d, set(L, d));
+}
+
+/* db:set_keys(host, user, store, roster, { [key] = value or remove }, remove) -> true | fail, err */
+static int set_keys(lua_State *L, DB *d) {
   Scope sc;
   int found, roster, smt, exists, names, dict, extras, dirty = 0, removed = 0;
   lua_Integer nnames;
@@ -277,6 +280,11 @@ static int l_set_keys(lua_State *L) {
   return 1;
 }
 
+static int l_set_keys(lua_State *L) {
+  DB *d = store_check_db(L);
+  return store_leave(L, d, set_keys(L, d));
+}
+
 /* db:purge(host, user) -> true | fail, err: every store of one user */
 static int l_purge(lua_State *L) {
   DB *d = store_check_db(L);
@@ -300,8 +308,7 @@ static int l_purge(lua_State *L) {
 }
 
 /* db:delete_all(host, store, roster, key) -> true | fail, err: one key of every user */
-static int l_delete_all(lua_State *L) {
-  DB *d = store_check_db(L);
+static int delete_all(lua_State *L, DB *d) {
   Scope sc;
   int found, roster, rc, smt;
   size_t klen;
@@ -370,6 +377,11 @@ static int l_delete_all(lua_State *L) {
   if (store_commit(d) != SQLITE_OK) return store_abort(L, d, NULL);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+static int l_delete_all(lua_State *L) {
+  DB *d = store_check_db(L);
+  return store_leave(L, d, delete_all(L, d));
 }
 
 const luaL_Reg store_write_methods[] = {
