@@ -60,7 +60,7 @@ static int get(lua_State *L, DB *d) {
   lua_settop(L, 5);
   smt = store_push_stanza_mt(L);
   store_entry(d);
-  if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
+  if (store_resolve(d, &sc, 0, &found) != SQLITE_OK) return store_fail(L, d, NULL);
   if (!found) { luaL_pushfail(L); return 1; }
   store_identity_scope(L, d, &sc, sc.user, sc.ulen);
   /*
@@ -150,7 +150,7 @@ static int get_key(lua_State *L, DB *d) {
   lua_settop(L, 6);
   smt = store_push_stanza_mt(L); /* at 7 */
   store_entry(d);
-  if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
+  if (store_resolve(d, &sc, 0, &found) != SQLITE_OK) return store_fail(L, d, NULL);
   if (!found) { luaL_pushfail(L); return 1; }
   store_identity_scope(L, d, &sc, sc.user, sc.ulen);
   if (!store_own_row(L, 6) || roster) {
@@ -218,7 +218,7 @@ static int get_all(lua_State *L, DB *d) {
   lua_settop(L, 5);
   smt = store_push_stanza_mt(L);
   store_entry(d);
-  if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
+  if (store_resolve(d, &sc, 0, &found) != SQLITE_OK) return store_fail(L, d, NULL);
   if (!found || klen == 0) { luaL_pushfail(L); return 1; }
   lua_newtable(L);
   result = lua_gettop(L);
@@ -290,11 +290,11 @@ static int name_list(lua_State *L, DB *d, sqlite3_stmt *s) {
 static int l_users(lua_State *L) {
   DB *d = store_check_db(L);
   Scope sc;
-  int found, rc;
+  int found;
   sqlite3_stmt *s;
   store_check_scope(L, 2, &sc, 0);
   store_entry(d);
-  if ((rc = store_resolve(d, &sc, 0, &found)) != SQLITE_OK) return store_fail(L, d, NULL);
+  if (store_resolve(d, &sc, 0, &found) != SQLITE_OK) return store_fail(L, d, NULL);
   if (!found) { lua_newtable(L); return 1; }
   if ((s = store_stmt(d, S_USERS)) == NULL) return store_fail(L, d, NULL);
   sqlite3_bind_int64(s, 1, sc.hid);

@@ -364,7 +364,7 @@ static int delete_all(lua_State *L, DB *d) {
       lua_rawgeti(L, 7, i + 1);
       user = lua_tolstring(L, -1, &ulen);
       store_identity_scope(L, d, &sc, user, ulen);
-      if ((err = store_load_extra(L, d, &sc, smt, &exists)) != NULL) {
+      if (store_load_extra(L, d, &sc, smt, &exists) != NULL) {
         /* A damaged row is left for the admin to see rather than dropped. */
         lua_settop(L, 7);
         continue;
