@@ -68,7 +68,8 @@ static int in_seq(lua_State *L, int kidx, lua_Integer narr) {
   }
 }
 
-static int key_ok(lua_State *L, int kidx) {
+/* Keys the encoding can store: booleans, numbers and strings (tags 0-4). */
+int store_key_ok(lua_State *L, int kidx) {
   int t = lua_type(L, kidx);
   return t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN;
 }
@@ -98,7 +99,7 @@ static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (!in_seq(L, -2, narr) && !(skip && skip(L, -2, -1))) {
-      if (!key_ok(L, -2)) { lua_settop(L, top); return "unsupported key type (only strings, numbers and booleans)"; }
+      if (!store_key_ok(L, -2)) { lua_settop(L, top); return "unsupported key type (only strings, numbers and booleans)"; }
       nhash++;
     }
     lua_pop(L, 1);
@@ -272,7 +273,7 @@ int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int n
     else if (f == 0x100) has_groups = 1;
     else if (f) flags |= f;
     else {
-      if (!key_ok(L, -2)) { lua_pop(L, 2); *err = "unsupported key type (only strings, numbers and booleans)"; return -1; }
+      if (!store_key_ok(L, -2)) { lua_pop(L, 2); *err = "unsupported key type (only strings, numbers and booleans)"; return -1; }
       extra = 1;
     }
     lua_pop(L, 1);

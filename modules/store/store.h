@@ -1,14 +1,16 @@
 /*
 ** store.h — what the parts of brisk.store share:
 **
-**   buffer.c   growable byte buffers, varints, read cursors
-**   codec.c    Lua values <-> the compact payloads of docs/storage-format.md
-**   codec_lua.c  the codec's Lua bindings (pack, unpack, encode_raw, decode_raw)
-**   seal.c     checksums, encryption and keyed row key hashes for those payloads
-**   db.c       the database handle: opening, schema, statements, transactions
-**   read.c     the reading methods: get, get_key, get_all, users, stores
-**   write.c    the writing methods: set, set_keys, purge, delete_all
-**   store.c    luaopen_brisk_store: the module table and the DB's metatable
+**   buffer.c     growable byte buffers, varints, read cursors
+**   codec.c      Lua values <-> the compact payloads of docs/storage-format.md
+**   codec_lua.c  the codec's Lua bindings: pack, unpack, encode_raw, decode_raw
+**   seal.c       checksums, encryption and keyed row key hashes for payloads
+**   db.c         the database handle: opening, schema, statements, transactions
+**   read.c       the reading methods: get, get_key, get_all, users, stores
+**   write.c      the writing methods: set, set_keys, purge, delete_all
+**   store.c      luaopen_brisk_store: the module table and the DB's metatable
+**
+** Shared functions are store_*, shared constants STORE_*; the rest is static.
 */
 #ifndef BRISK_STORE_H
 #define BRISK_STORE_H
@@ -85,6 +87,8 @@ int store_encode_item(lua_State *L, Buffer *b, int idx, int smt,
                       int dict, int names, const char **err);
 /* Push the "dict" store_encode_item takes, for the names array at "names"; returns its index. */
 int store_push_name_index(lua_State *L, int names);
+/* Whether the value at kidx can be a key: a boolean, a number or a string. */
+int store_key_ok(lua_State *L, int kidx);
 /* Roster metadata row: the names array, then the table at idx. */
 const char *store_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt);
 
@@ -128,7 +132,7 @@ enum {
   S_BEGIN, S_COMMIT, S_ROLLBACK, S_META_GET, S_META_SET, S_ORPHANS, S_NROWS, S_COUNT
 };
 
-/* An open database: what store.open's userdata holds and owns. */
+/* An open database: what store.open's userdata holds and owns (its __gc closes it). */
 typedef struct DB {
   sqlite3 *db;
   sqlite3_stmt *st[S_COUNT];
@@ -142,7 +146,7 @@ typedef struct DB {
   int has_key;
   unsigned char key[STORE_KEY_BYTES];
   unsigned char rowkey[32];            /* derived from key: hashes row keys */
-  unsigned char hk[STORE_HASH_LEN];    /* the last row key hashed */
+  unsigned char hk[STORE_HASH_LEN];    /* the hashed form of the KeyForm in use */
 } DB;
 
 /* The identity of the rows an operation touches. */
@@ -151,6 +155,37 @@ typedef struct Scope {
   size_t hlen, ulen, slen;
   sqlite3_int64 hid, uid, sid;
 } Scope;
+
+/* ---------------------------------------------------------------- seal.c */
+
+void store_set_key(DB *d, const unsigned char *key);
+void store_clear_key(DB *d);
+void store_key_check(const DB *d, unsigned char out[STORE_KEY_CHECK]);
+
+/*
+** The row identity in d->ctx: first the scope (user NULL for host-level
+** data), then the key, which may be replaced for each row of that scope.
+*/
+void store_identity_scope(lua_State *L, DB *d, const Scope *sc, const char *user, size_t ulen);
+void store_identity_key(lua_State *L, DB *d, const char *key, size_t klen);
+
+/* Whether a key of klen bytes is stored as its keyed hash, and that hash. */
+int store_hashed(const DB *d, size_t klen);
+void store_hash_key(const DB *d, const char *key, size_t klen, unsigned char *out);
+/*
+** A hashed row's payload starts with the real key: point *key into the
+** payload and check that it hashes to "stored". Returns NULL or an error.
+*/
+const char *store_take_key(const DB *d, Cursor *c, const unsigned char *stored, size_t slen,
+                           const char **key, size_t *klen);
+
+/* BLAKE2b-128 of data then ctx (clen 0: none), truncated to STORE_CHECKSUM bytes. */
+void store_checksum(const unsigned char *data, size_t len, const unsigned char *ctx, size_t clen,
+                    unsigned char *out);
+/* Seal d->buf, a payload of "kind", into d->out for the row in d->ctx. */
+const char *store_seal(lua_State *L, DB *d, int kind);
+/* Check and open a stored blob of the row in d->ctx; *cur then spans its payload. */
+const char *store_unseal(lua_State *L, DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur);
 
 /* ---------------------------------------------------------------- db.c */
 
@@ -231,36 +266,5 @@ const char *store_load_extra(lua_State *L, DB *d, const Scope *sc, int smt, int 
 
 /* set, set_keys, purge, delete_all */
 extern const luaL_Reg store_write_methods[];
-
-/* ---------------------------------------------------------------- seal.c */
-
-void store_set_key(DB *d, const unsigned char *key);
-void store_clear_key(DB *d);
-void store_key_check(const DB *d, unsigned char out[STORE_KEY_CHECK]);
-
-/*
-** The row identity in d->ctx: first the scope (user NULL for host-level
-** data), then the key, which may be replaced for each row of that scope.
-*/
-void store_identity_scope(lua_State *L, DB *d, const Scope *sc, const char *user, size_t ulen);
-void store_identity_key(lua_State *L, DB *d, const char *key, size_t klen);
-
-/* Whether a key of klen bytes is stored as its keyed hash, and that hash. */
-int store_hashed(const DB *d, size_t klen);
-void store_hash_key(const DB *d, const char *key, size_t klen, unsigned char *out);
-/*
-** A hashed row's payload starts with the real key: point *key into the
-** payload and check that it hashes to "stored". Returns NULL or an error.
-*/
-const char *store_take_key(const DB *d, Cursor *c, const unsigned char *stored, size_t slen,
-                           const char **key, size_t *klen);
-
-/* BLAKE2b-128 of data then ctx (clen 0: none), truncated to STORE_CHECKSUM bytes. */
-void store_checksum(const unsigned char *data, size_t len, const unsigned char *ctx, size_t clen,
-                    unsigned char *out);
-/* Seal d->buf, a payload of "kind", into d->out for the row in d->ctx. */
-const char *store_seal(lua_State *L, DB *d, int kind);
-/* Check and open a stored blob of the row in d->ctx; *cur then spans its payload. */
-const char *store_unseal(lua_State *L, DB *d, const unsigned char *blob, size_t len, int *kind, Cursor *cur);
 
 #endif

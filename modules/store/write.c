@@ -103,11 +103,6 @@ static const char *put_extra(lua_State *L, DB *d, const Scope *sc, int roster, i
   return err;
 }
 
-static int key_type_ok(lua_State *L, int idx) {
-  int t = lua_type(L, idx);
-  return t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN;
-}
-
 /* A row key to sort: SQLite's BINARY order, memcmp then length. */
 typedef struct RowKey {
   const char *s;
@@ -187,7 +182,7 @@ static int set(lua_State *L, DB *d) {
     while (lua_next(L, 6)) {
       if (store_own_row(L, -2)) {
         /* written above */
-      } else if (key_type_ok(L, -2)) {
+      } else if (store_key_ok(L, -2)) {
         lua_pushvalue(L, -2);
         lua_pushvalue(L, -2);
         lua_rawset(L, extras);
@@ -256,7 +251,7 @@ static int set_keys(lua_State *L, DB *d) {
       err = removing ? del_row(d, &sc, key, klen)
                      : put_row(L, d, &sc, key, klen, lua_gettop(L), roster, smt, dict, names, 1);
       if (err) return store_abort(L, d, err);
-    } else if (key_type_ok(L, -2)) {
+    } else if (store_key_ok(L, -2)) {
       lua_pushvalue(L, -2);
       if (removing) lua_pushnil(L);
       else lua_pushvalue(L, -2);
