@@ -2,8 +2,8 @@
 ** store_decode_fuzz.c — libFuzzer target for brisk.store's decoders.
 **
 ** The first input byte picks the decoder (general value, roster contact or
-** roster metadata row), the rest is the payload, exactly as store.c hands it
-** over after checking a blob's checksum. Whatever decodes is encoded again
+** roster metadata row), the rest is the payload, exactly as read.c hands it
+** over once seal.c has checked a blob's checksum. Whatever decodes is encoded again
 ** and decoded once more, which must succeed: the two directions agree.
 */
 #include <stdint.h>
