@@ -27,7 +27,11 @@ describe("brisk.store", function ()
 			assert(type(S.open) == "function");
 			io.write(table.concat(seen, ","));
 		]];
-		local f = assert(io.popen("lua5.4 -e '"..script:gsub("'", "'\\''").."' 2>&1"));
+		-- Under ASan the child needs the runtime that spec/helpers/init.lua took
+		-- out of this process's environment.
+		local preload = os.getenv("BRISK_ASAN_PRELOAD");
+		local env = preload and preload ~= "" and ("env LD_PRELOAD='"..preload.."' ") or "";
+		local f = assert(io.popen(env.."lua5.4 -e '"..script:gsub("'", "'\\''").."' 2>&1"));
 		local out = f:read("a");
 		local ok = f:close();
 		assert(ok, out);
