@@ -10,9 +10,9 @@ description = {
    summary = "Native C modules for the Prosody XMPP server",
    detailed = [[
       Brisk gives Prosody a libexpat stanza parser and C serializer
-      (mod_brisk_xml), compact binary roster storage in SQLite
-      (mod_storage_brisk) and presence-triggered IoT event hooks with signed
-      webhooks (mod_brisk_iot).
+      (mod_brisk_xml), compact binary storage of rosters and other
+      keyval/map stores in SQLite (mod_storage_brisk, C core brisk.store) and
+      presence-triggered IoT event hooks with signed webhooks (mod_brisk_iot).
    ]],
    license = "MIT",
 }

@@ -18,7 +18,7 @@ local budget = quick and 0.15 or 0.4; -- seconds of timing per measurement
 
 local dir = assert(io.popen("mktemp -d /tmp/brisk-bench-roster-XXXXXX")):read("l");
 require "bench.lib.prelude"
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 local hosts = {};
 for _, n in ipairs(sizes) do
 	hosts["internal"..n..".test"] = { storage = "internal" };
@@ -30,7 +30,7 @@ for _, n in ipairs(sizes) do
 end
 local sm = th.setup(dir, hosts);
 local now = require "util.time".now;
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local drivers = { "internal", "sql", "brisk", "normal" };
 

@@ -1,12 +1,12 @@
 -- mod_storage_brisk — Prosody storage driver "brisk": keyval and map stores
--- in one SQLite database through the C module brisk.roster, with a compact
+-- in one SQLite database through the C module brisk.store, with a compact
 -- binary encoding for rosters and a general one for every other store.
 -- Semantics follow the stock drivers (mod_storage_internal, mod_storage_sql);
 -- see docs/storage.md for options and docs/storage-format.md for the format.
 
--- brisk.storage_db requires brisk.roster; load it through brisk.loader
+-- brisk.storage_db requires brisk.store; load it through brisk.loader
 -- first, which also finds the C core in a luarocks tree.
-require "brisk.loader".require("brisk.roster", module.path);
+require "brisk.loader".require("brisk.store", module.path);
 local dbs = require "brisk.storage_db";
 
 local host = module.host;

@@ -8,7 +8,7 @@
 -- spec/reliability_soak_spec.lua do). Every brisk.* module that exists is
 -- exercised the way the live server uses it: brisk.xml parses streams
 -- (valid, hostile and cut short) and serializes stanzas through the stock
--- APIs it installs into; brisk.roster writes, reads and purges rosters in a
+-- APIs it installs into; brisk.store writes, reads and purges rosters in a
 -- SQLite file; brisk.presence turns presence churn into events and timers.
 -- Errors are provoked on purpose (bad arguments, callbacks that raise, bad
 -- XML) because every Lua error unwinding through C is a chance to leak.
@@ -21,7 +21,7 @@ if os.getenv("BRISK_PROSODY") == "13" then require "loader"; end
 local rounds = tonumber(arg[1]) or 200;
 local done = {};
 
--- BRISK_LSAN_ONLY="xml,roster" limits the run to those modules (to bisect).
+-- BRISK_LSAN_ONLY="xml,store" limits the run to those modules (to bisect).
 local only = os.getenv("BRISK_LSAN_ONLY");
 
 local function have(name)
@@ -105,13 +105,13 @@ if bxml then
 end
 
 ------------------------------------------------------------------------
--- brisk.roster: rosters in SQLite, written, read, rewritten and purged.
+-- brisk.store: rosters in SQLite, written, read, rewritten and purged.
 
-local roster = have "brisk.roster";
-if roster then
+local store = have "brisk.store";
+if store then
 	local path = os.tmpname();
 	os.remove(path);
-	local db = assert(roster.open(path, { synchronous = "normal" }));
+	local db = assert(store.open(path, { synchronous = "normal" }));
 	local ops = 0;
 	for r = 1, rounds do
 		local user = "u" .. (r % 17);
@@ -134,20 +134,20 @@ if roster then
 		-- Wrong argument types must raise cleanly.
 		pcall(db.set, db, "localhost", user, "roster", true, "not a table");
 		pcall(db.set, db, "localhost", user, "roster", true, { [false] = { version = {} }, ["j@x"] = { groups = 5 } });
-		pcall(roster.unpack, "\0\1garbage" .. r);
-		pcall(roster.decode_raw, string.rep("\255", r % 40));
+		pcall(store.unpack, "\0\1garbage" .. r);
+		pcall(store.decode_raw, string.rep("\255", r % 40));
 		ops = ops + 8;
 	end
 	db:users("localhost", "roster");
 	db:stores("localhost", "u1");
 	db:close();
 	-- A database left for the garbage collector, not closed.
-	local db2 = assert(roster.open(path, {}));
+	local db2 = assert(store.open(path, {}));
 	db2:get("localhost", "u2", "roster", true);
 	db2 = nil; -- luacheck: ignore 311
 	collectgarbage();
 	for _, suffix in ipairs{ "", "-wal", "-shm" } do os.remove(path .. suffix); end
-	done[#done + 1] = ("brisk.roster: %d rounds, %d operations"):format(rounds, ops);
+	done[#done + 1] = ("brisk.store: %d rounds, %d operations"):format(rounds, ops);
 end
 
 ------------------------------------------------------------------------

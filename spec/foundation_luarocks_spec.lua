@@ -89,6 +89,11 @@ describe("luarocks make", function ()
 	it("installs into a prefix used through plugin_paths", function ()
 		local tree = sh("mktemp -d /tmp/brisk-tree-XXXXXX"):gsub("%s+$", "");
 		luarocks_make(src, tree);
+		-- Exactly the production Lua of lualib/ is installed: no test helpers.
+		local function lua_files(root)
+			return (sh(("cd %s && find . -name '*.lua' | sort"):format(q(root))));
+		end
+		assert.equal(lua_files(src .. "/lualib"), lua_files(tree .. "/share/lua/5.4"));
 		local srv = prosody.start{
 			isolated = true;
 			modules = everything.modules, storage = everything.storage, host_modules = everything.host_modules;

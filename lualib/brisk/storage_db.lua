@@ -1,14 +1,18 @@
--- brisk.storage_db — one open brisk.roster database per file for the whole
+-- brisk.storage_db — one open brisk.store database per file for the whole
 -- process, shared by every host that loads mod_storage_brisk (each SQLite
 -- connection costs memory and its own statement cache), plus key files.
 
-local roster = require "brisk.roster";
+local store = require "brisk.store";
 
 local M = {};
 
 local open_dbs = {}; -- path -> { db, refs, options fingerprint }
 
 local prosody_lib = require "brisk.prosody".lib;
+
+-- The C core requires nothing itself: what it needs from Prosody, util.stanza's
+-- metatable (so that stanzas round-trip as stanzas), is handed to open().
+local stanza_mt = prosody_lib "util.stanza".stanza_mt;
 
 -- What must match for two hosts to share one connection (the key only as a hash).
 local function fingerprint(opts)
@@ -27,7 +31,9 @@ function M.acquire(path, opts)
 		entry.refs = entry.refs + 1;
 		return entry.db;
 	end
-	local ok, db, err = pcall(roster.open, path, opts);
+	local ok, db, err = pcall(store.open, path, {
+		synchronous = opts.synchronous, busy_timeout = opts.busy_timeout, key = opts.key, stanza_mt = stanza_mt,
+	});
 	if not ok then return nil, tostring(db); end
 	if not db then return nil, err; end
 	open_dbs[path] = { db = db, refs = 1, fp = fp };

@@ -1,9 +1,9 @@
 /*
-** roster_decode_fuzz.c — libFuzzer target for brisk.roster's decoders.
+** store_decode_fuzz.c — libFuzzer target for brisk.store's decoders.
 **
 ** The first input byte picks the decoder (general value, roster contact or
-** roster metadata row), the rest is the payload, exactly as store.c hands it
-** over after checking a blob's checksum. Whatever decodes is encoded again
+** roster metadata row), the rest is the payload, exactly as read.c hands it
+** over once seal.c has checked a blob's checksum. Whatever decodes is encoded again
 ** and decoded once more, which must succeed: the two directions agree.
 */
 #include <stdint.h>
@@ -11,46 +11,46 @@
 #include <lua.h>
 #include <lauxlib.h>
 #include <lualib.h>
-#include "roster.h"
+#include "store.h"
 
 static lua_State *L;
 
-typedef struct job {
+typedef struct Job {
   const unsigned char *p;
   size_t n;
   int mode;
-} job;
+} Job;
 
 /* Runs under lua_pcall: stack 1 = stanza metatable, 2 = group names. */
 static int run(lua_State *L1) {
-  job *j = (job *)lua_touserdata(L1, 3);
-  rb_cur c = { j->p, j->p + j->n };
+  Job *j = (Job *)lua_touserdata(L1, 3);
+  Cursor c = { j->p, j->p + j->n };
   const char *err;
-  int keys = rb_push_item_keys(L1);
-  if (j->mode == 0) err = rb_decode_value(L1, &c, 1);
-  else if (j->mode == 1) err = rb_decode_item(L1, &c, 1, 2, keys);
-  else err = rb_decode_meta(L1, &c, 1);
+  int keys = store_push_item_keys(L1);
+  if (j->mode == 0) err = store_decode_value(L1, &c, 1);
+  else if (j->mode == 1) err = store_decode_item(L1, &c, 1, 2, keys);
+  else err = store_decode_meta(L1, &c, 1);
   if (err) return 0;
   {
     /* Re-encode the decoded value (for meta: the entries table). */
-    rb_buf b = { NULL, 0, 0, 0 };
+    Buffer b = { NULL, 0, 0, 0 };
     const char *e2;
     lua_newtable(L1);
-    e2 = rb_encode_value(L1, &b, -2, 1);
+    e2 = store_encode_value(L1, &b, -2, 1);
     if (e2 == NULL) {
-      rb_cur c2 = { b.p, b.p + b.n };
-      if (rb_decode_value(L1, &c2, 1) != NULL || c2.p != c2.end) {
-        rb_buf_free(&b);
+      Cursor c2 = { b.p, b.p + b.n };
+      if (store_decode_value(L1, &c2, 1) != NULL || c2.p != c2.end) {
+        store_buffer_free(L1, &b);
         __builtin_trap();
       }
     }
-    rb_buf_free(&b);
+    store_buffer_free(L1, &b);
   }
   return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  job j;
+  Job j;
   if (L == NULL) {
     L = luaL_newstate();
     luaL_openlibs(L);

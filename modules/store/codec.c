@@ -9,8 +9,7 @@
 ** yields an error message, never a read out of bounds or a huge allocation.
 */
 #include <string.h>
-#include <stdlib.h>
-#include "roster.h"
+#include "store.h"
 
 /* Value tags of the general encoding. */
 #define T_FALSE  0
@@ -32,82 +31,14 @@
 static const char *const subscriptions[] = { NULL, "none", "to", "from", "both" };
 #define N_SUBSCRIPTIONS 5
 
-/* ---------------------------------------------------------------- buffer */
-
-void rb_buf_free(rb_buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->n = b->cap = 0;
-  b->oom = 0;
-}
-
-static int rb_reserve(rb_buf *b, size_t len) {
-  if (b->oom) return 0;
-  if (b->cap - b->n >= len) return 1;
-  {
-    size_t ncap = b->cap ? b->cap : 256;
-    unsigned char *np;
-    while (ncap - b->n < len) {
-      if (ncap > ((size_t)-1) / 2) { b->oom = 1; return 0; }
-      ncap *= 2;
-    }
-    np = realloc(b->p, ncap);
-    if (np == NULL) { b->oom = 1; return 0; }
-    b->p = np;
-    b->cap = ncap;
-  }
-  return 1;
-}
-
-void rb_put(rb_buf *b, const void *s, size_t len) {
-  if (len == 0 || !rb_reserve(b, len)) return;
-  memcpy(b->p + b->n, s, len);
-  b->n += len;
-}
-
-void rb_put_byte(rb_buf *b, unsigned char c) {
-  rb_put(b, &c, 1);
-}
-
-/* Unsigned LEB128: seven bits a byte, low bits first, high bit = more. */
-void rb_put_varint(rb_buf *b, uint64_t v) {
-  unsigned char tmp[10];
-  size_t n = 0;
-  do {
-    unsigned char c = (unsigned char)(v & 0x7f);
-    v >>= 7;
-    tmp[n++] = c | (v ? 0x80 : 0);
-  } while (v);
-  rb_put(b, tmp, n);
-}
-
-void rb_put_str(rb_buf *b, const char *s, size_t len) {
-  rb_put_varint(b, len);
-  rb_put(b, s, len);
-}
-
-int rb_get_varint(rb_cur *c, uint64_t *v) {
-  uint64_t r = 0;
-  int shift = 0;
-  while (c->p < c->end) {
-    unsigned char byte = *c->p++;
-    /* The tenth byte may only carry the single top bit of a 64-bit value. */
-    if (shift == 63 && (byte & 0x7e)) return 0;
-    r |= (uint64_t)(byte & 0x7f) << shift;
-    if (!(byte & 0x80)) { *v = r; return 1; }
-    shift += 7;
-    if (shift > 63) return 0;
-  }
-  return 0;
-}
-
-static size_t left(const rb_cur *c) {
+/* Bytes left after a cursor. */
+static size_t left(const Cursor *c) {
   return (size_t)(c->end - c->p);
 }
 
 /* ---------------------------------------------------------------- encoding */
 
-static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int depth);
+static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int depth);
 
 static int is_stanza(lua_State *L, int idx, int smt) {
   int r = 0;
@@ -137,7 +68,8 @@ static int in_seq(lua_State *L, int kidx, lua_Integer narr) {
   }
 }
 
-static int key_ok(lua_State *L, int kidx) {
+/* Keys the encoding can store: booleans, numbers and strings (tags 0-4). */
+int store_key_ok(lua_State *L, int kidx) {
   int t = lua_type(L, kidx);
   return t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN;
 }
@@ -149,15 +81,15 @@ static int key_ok(lua_State *L, int kidx) {
 */
 typedef int (*skip_fn)(lua_State *L, int kidx, int vidx);
 
-static const char *enc_body(lua_State *L, rb_buf *b, int idx, int smt, int depth, skip_fn skip) {
+static const char *enc_body(lua_State *L, Buffer *b, int idx, int smt, int depth, skip_fn skip) {
   int top = lua_gettop(L);
   lua_Integer narr = skip ? 0 : seq_len(L, idx);
   lua_Integer i;
   uint64_t nhash = 0;
   const char *err = NULL;
-  if (depth >= RB_MAX_DEPTH) return "tables nested too deeply (or a cycle)";
-  luaL_checkstack(L, 6, "brisk.roster: nesting");
-  rb_put_varint(b, (uint64_t)narr);
+  if (depth >= STORE_MAX_DEPTH) return "tables nested too deeply (or a cycle)";
+  luaL_checkstack(L, 6, "brisk.store: nesting");
+  store_put_varint(L, b, (uint64_t)narr);
   for (i = 1; i <= narr; i++) {
     lua_rawgeti(L, idx, i);
     err = enc_value(L, b, -1, smt, depth + 1);
@@ -167,12 +99,12 @@ static const char *enc_body(lua_State *L, rb_buf *b, int idx, int smt, int depth
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (!in_seq(L, -2, narr) && !(skip && skip(L, -2, -1))) {
-      if (!key_ok(L, -2)) { lua_settop(L, top); return "unsupported key type (only strings, numbers and booleans)"; }
+      if (!store_key_ok(L, -2)) { lua_settop(L, top); return "unsupported key type (only strings, numbers and booleans)"; }
       nhash++;
     }
     lua_pop(L, 1);
   }
-  rb_put_varint(b, nhash);
+  store_put_varint(L, b, nhash);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if (!in_seq(L, -2, narr) && !(skip && skip(L, -2, -1))) {
@@ -185,25 +117,25 @@ static const char *enc_body(lua_State *L, rb_buf *b, int idx, int smt, int depth
   return NULL;
 }
 
-static const char *enc_stanza(lua_State *L, rb_buf *b, int idx, int smt, int depth) {
+static const char *enc_stanza(lua_State *L, Buffer *b, int idx, int smt, int depth) {
   int top = lua_gettop(L);
   const char *err = NULL;
   lua_Integer n, i;
   size_t len;
   const char *s;
-  if (depth >= RB_MAX_DEPTH) return "stanzas nested too deeply (or a cycle)";
-  luaL_checkstack(L, 4, "brisk.roster: nesting");
-  rb_put_byte(b, T_STANZA);
+  if (depth >= STORE_MAX_DEPTH) return "stanzas nested too deeply (or a cycle)";
+  luaL_checkstack(L, 4, "brisk.store: nesting");
+  store_put_byte(L, b, T_STANZA);
   if (lua_getfield(L, idx, "name") != LUA_TSTRING) { lua_settop(L, top); return "malformed stanza (name is not a string)"; }
   s = lua_tolstring(L, -1, &len);
-  rb_put_str(b, s, len);
+  store_put_str(L, b, s, len);
   lua_pop(L, 1);
   if (lua_getfield(L, idx, "attr") != LUA_TTABLE) { lua_settop(L, top); return "malformed stanza (attr is not a table)"; }
   err = enc_body(L, b, lua_gettop(L), smt, depth + 1, NULL);
   lua_settop(L, top);
   if (err) return err;
   n = seq_len(L, idx);
-  rb_put_varint(b, (uint64_t)n);
+  store_put_varint(L, b, (uint64_t)n);
   for (i = 1; i <= n; i++) {
     int t = lua_rawgeti(L, idx, i);
     if (t != LUA_TSTRING && t != LUA_TTABLE) { lua_settop(L, top); return "malformed stanza (child is neither text nor element)"; }
@@ -214,19 +146,19 @@ static const char *enc_stanza(lua_State *L, rb_buf *b, int idx, int smt, int dep
   return NULL;
 }
 
-static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int depth) {
+static const char *enc_value(lua_State *L, Buffer *b, int idx, int smt, int depth) {
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
     case LUA_TBOOLEAN:
-      rb_put_byte(b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+      store_put_byte(L, b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
       return NULL;
     case LUA_TNUMBER:
       if (lua_isinteger(L, idx)) {
         uint64_t u = (uint64_t)lua_tointeger(L, idx);
         /* Zigzag, so small negative numbers stay short. */
         uint64_t z = (u << 1) ^ (uint64_t)(-(int64_t)(u >> 63));
-        rb_put_byte(b, T_INT);
-        rb_put_varint(b, z);
+        store_put_byte(L, b, T_INT);
+        store_put_varint(L, b, z);
       } else {
         double d = lua_tonumber(L, idx);
         uint64_t bits;
@@ -234,22 +166,22 @@ static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int dept
         int i;
         memcpy(&bits, &d, 8);
         for (i = 0; i < 8; i++) le[i] = (unsigned char)(bits >> (8 * i));
-        rb_put_byte(b, T_FLOAT);
-        rb_put(b, le, 8);
+        store_put_byte(L, b, T_FLOAT);
+        store_put(L, b, le, 8);
       }
       return NULL;
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
-      rb_put_byte(b, T_STRING);
-      rb_put_str(b, s, len);
+      store_put_byte(L, b, T_STRING);
+      store_put_str(L, b, s, len);
       return NULL;
     }
     case LUA_TTABLE:
       if (is_stanza(L, idx, smt))
         return enc_stanza(L, b, idx, smt, depth);
       /* Any other metatable is ignored, as Prosody's own serializers do. */
-      rb_put_byte(b, T_TABLE);
+      store_put_byte(L, b, T_TABLE);
       return enc_body(L, b, idx, smt, depth, NULL);
     case LUA_TFUNCTION:
       return "cannot store a function (only strings, numbers, booleans, tables and stanzas)";
@@ -260,7 +192,7 @@ static const char *enc_value(lua_State *L, rb_buf *b, int idx, int smt, int dept
   }
 }
 
-const char *rb_encode_value(lua_State *L, rb_buf *b, int idx, int smt) {
+const char *store_encode_value(lua_State *L, Buffer *b, int idx, int smt) {
   const char *err = enc_value(L, b, idx, smt, 0);
   if (!err && b->oom) err = "out of memory";
   return err;
@@ -317,7 +249,7 @@ static int skip_compact(lua_State *L, int kidx, int vidx) {
   return compact_field(L, kidx, vidx) != 0;
 }
 
-int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int names, const char **err) {
+int store_encode_item(lua_State *L, Buffer *b, int idx, int smt, int dict, int names, const char **err) {
   int flags = 0, has_groups = 0, extra = 0;
   idx = lua_absindex(L, idx);
   *err = NULL;
@@ -329,11 +261,11 @@ int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int name
     }
     if (!plain) {
       /* Not a plain table (a stanza, a string, ...): the general form keeps it exact. */
-      *err = rb_encode_value(L, b, idx, smt);
-      return *err ? -1 : RB_KIND_VALUE;
+      *err = store_encode_value(L, b, idx, smt);
+      return *err ? -1 : STORE_KIND_VALUE;
     }
   }
-  luaL_checkstack(L, 6, "brisk.roster: roster item");
+  luaL_checkstack(L, 6, "brisk.store: roster item");
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int f = compact_field(L, -2, -1);
@@ -341,19 +273,19 @@ int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int name
     else if (f == 0x100) has_groups = 1;
     else if (f) flags |= f;
     else {
-      if (!key_ok(L, -2)) { lua_pop(L, 2); *err = "unsupported key type (only strings, numbers and booleans)"; return -1; }
+      if (!store_key_ok(L, -2)) { lua_pop(L, 2); *err = "unsupported key type (only strings, numbers and booleans)"; return -1; }
       extra = 1;
     }
     lua_pop(L, 1);
   }
   if (extra) flags |= F_EXTRA;
-  rb_put_byte(b, (unsigned char)flags);
+  store_put_byte(L, b, (unsigned char)flags);
   if (flags & F_NAME) {
     size_t len;
     const char *s;
     lua_getfield(L, idx, "name");
     s = lua_tolstring(L, -1, &len);
-    rb_put_str(b, s, len);
+    store_put_str(L, b, s, len);
     lua_pop(L, 1);
   }
   if (has_groups) {
@@ -363,7 +295,7 @@ int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int name
     g = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, g)) { n++; lua_pop(L, 1); }
-    rb_put_varint(b, n + 1);
+    store_put_varint(L, b, n + 1);
     lua_pushnil(L);
     while (lua_next(L, g)) {
       lua_Integer gi;
@@ -381,30 +313,30 @@ int rb_encode_item(lua_State *L, rb_buf *b, int idx, int smt, int dict, int name
         lua_rawset(L, dict);
       }
       lua_pop(L, 1);
-      rb_put_varint(b, (uint64_t)gi);
+      store_put_varint(L, b, (uint64_t)gi);
     }
     lua_pop(L, 1);
   } else {
-    rb_put_varint(b, 0);
+    store_put_varint(L, b, 0);
   }
   if (extra) {
     *err = enc_body(L, b, idx, smt, 1, skip_compact);
     if (*err) return -1;
   }
   if (b->oom) { *err = "out of memory"; return -1; }
-  return RB_KIND_ITEM;
+  return STORE_KIND_ITEM;
 }
 
-const char *rb_encode_meta(lua_State *L, rb_buf *b, int names, int idx, int smt) {
+const char *store_encode_meta(lua_State *L, Buffer *b, int names, int idx, int smt) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, names), i;
   const char *err;
-  rb_put_varint(b, (uint64_t)n);
+  store_put_varint(L, b, (uint64_t)n);
   for (i = 1; i <= n; i++) {
     size_t len;
     const char *s;
     lua_rawgeti(L, names, i);
     s = lua_tolstring(L, -1, &len);
-    rb_put_str(b, s ? s : "", s ? len : 0);
+    store_put_str(L, b, s ? s : "", s ? len : 0);
     lua_pop(L, 1);
   }
   err = enc_body(L, b, lua_absindex(L, idx), smt, 0, NULL);
@@ -414,11 +346,11 @@ const char *rb_encode_meta(lua_State *L, rb_buf *b, int names, int idx, int smt)
 
 /* ---------------------------------------------------------------- decoding */
 
-static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth);
+static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth);
 
-static const char *dec_str(lua_State *L, rb_cur *c) {
+static const char *dec_str(lua_State *L, Cursor *c) {
   uint64_t len;
-  if (!rb_get_varint(c, &len)) return "corrupt data (bad length)";
+  if (!store_get_varint(c, &len)) return "corrupt data (bad length)";
   if (len > left(c)) return "corrupt data (string runs past the end)";
   lua_pushlstring(L, (const char *)c->p, (size_t)len);
   c->p += len;
@@ -426,18 +358,18 @@ static const char *dec_str(lua_State *L, rb_cur *c) {
 }
 
 /* Decode a table body into the table on top of the stack. */
-static const char *dec_body_into(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_body_into(lua_State *L, Cursor *c, int smt, int depth) {
   int t = lua_gettop(L);
   uint64_t narr, nhash, i;
   const char *err;
-  if (depth >= RB_MAX_DEPTH) return "corrupt data (nested too deeply)";
-  luaL_checkstack(L, 6, "brisk.roster: nesting");
-  if (!rb_get_varint(c, &narr) || narr > left(c)) return "corrupt data (bad array length)";
+  if (depth >= STORE_MAX_DEPTH) return "corrupt data (nested too deeply)";
+  luaL_checkstack(L, 6, "brisk.store: nesting");
+  if (!store_get_varint(c, &narr) || narr > left(c)) return "corrupt data (bad array length)";
   for (i = 1; i <= narr; i++) {
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) return err;
     lua_rawseti(L, t, (lua_Integer)i);
   }
-  if (!rb_get_varint(c, &nhash) || nhash > left(c) / 2) return "corrupt data (bad pair count)";
+  if (!store_get_varint(c, &nhash) || nhash > left(c) / 2) return "corrupt data (bad pair count)";
   for (i = 0; i < nhash; i++) {
     if (c->p >= c->end || *c->p > T_STRING) return "corrupt data (bad key)";
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) return err;
@@ -451,7 +383,7 @@ static const char *dec_body_into(lua_State *L, rb_cur *c, int smt, int depth) {
   return NULL;
 }
 
-static const char *dec_body(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_body(lua_State *L, Cursor *c, int smt, int depth) {
   const char *err;
   lua_newtable(L);
   err = dec_body_into(L, c, smt, depth);
@@ -459,13 +391,13 @@ static const char *dec_body(lua_State *L, rb_cur *c, int smt, int depth) {
   return err;
 }
 
-static const char *dec_stanza(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_stanza(lua_State *L, Cursor *c, int smt, int depth) {
   int t, tags;
   uint64_t n, i;
   lua_Integer ntags = 0;
   const char *err;
-  if (depth >= RB_MAX_DEPTH) return "corrupt data (nested too deeply)";
-  luaL_checkstack(L, 6, "brisk.roster: nesting");
+  if (depth >= STORE_MAX_DEPTH) return "corrupt data (nested too deeply)";
+  luaL_checkstack(L, 6, "brisk.store: nesting");
   lua_createtable(L, 0, 4);
   t = lua_gettop(L);
   if ((err = dec_str(L, c)) != NULL) goto fail;
@@ -474,7 +406,7 @@ static const char *dec_stanza(lua_State *L, rb_cur *c, int smt, int depth) {
   lua_setfield(L, t, "attr");
   lua_newtable(L);
   tags = lua_gettop(L);
-  if (!rb_get_varint(c, &n) || n > left(c)) { err = "corrupt data (bad child count)"; goto fail; }
+  if (!store_get_varint(c, &n) || n > left(c)) { err = "corrupt data (bad child count)"; goto fail; }
   for (i = 1; i <= n; i++) {
     if ((err = dec_value(L, c, smt, depth + 1)) != NULL) goto fail;
     if (lua_type(L, -1) == LUA_TTABLE) {
@@ -497,7 +429,7 @@ fail:
   return err;
 }
 
-static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth) {
+static const char *dec_value(lua_State *L, Cursor *c, int smt, int depth) {
   unsigned char tag;
   if (c->p >= c->end) return "corrupt data (truncated)";
   tag = *c->p++;
@@ -506,7 +438,7 @@ static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth) {
     case T_TRUE: lua_pushboolean(L, 1); return NULL;
     case T_INT: {
       uint64_t z;
-      if (!rb_get_varint(c, &z)) return "corrupt data (bad integer)";
+      if (!store_get_varint(c, &z)) return "corrupt data (bad integer)";
       lua_pushinteger(L, (lua_Integer)((z >> 1) ^ (uint64_t)(-(int64_t)(z & 1))));
       return NULL;
     }
@@ -528,7 +460,7 @@ static const char *dec_value(lua_State *L, rb_cur *c, int smt, int depth) {
   }
 }
 
-const char *rb_decode_value(lua_State *L, rb_cur *c, int smt) {
+const char *store_decode_value(lua_State *L, Cursor *c, int smt) {
   return dec_value(L, c, smt, 0);
 }
 
@@ -543,9 +475,21 @@ static const char *const item_strings[K_COUNT] = {
   "none", "to", "from", "both"
 };
 
-int rb_push_item_keys(lua_State *L) {
+/* The index of a roster's group names: name -> 0-based position in "names". */
+int store_push_name_index(lua_State *L, int names) {
+  lua_Integer i, n = (lua_Integer)lua_rawlen(L, names);
+  lua_newtable(L);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, names, i);
+    lua_pushinteger(L, i - 1);
+    lua_rawset(L, -3);
+  }
+  return lua_gettop(L);
+}
+
+int store_push_item_keys(lua_State *L) {
   int i;
-  luaL_checkstack(L, K_COUNT + 8, "brisk.roster: item keys");
+  luaL_checkstack(L, K_COUNT + 8, "brisk.store: item keys");
   for (i = 0; i < K_COUNT; i++) lua_pushstring(L, item_strings[i]);
   return lua_gettop(L) - K_COUNT + 1;
 }
@@ -556,11 +500,11 @@ static void set_kv(lua_State *L, int t, int keys, int k, int v) {
   lua_rawset(L, t);
 }
 
-const char *rb_decode_item(lua_State *L, rb_cur *c, int smt, int names, int keys) {
+const char *store_decode_item(lua_State *L, Cursor *c, int smt, int names, int keys) {
   int t, flags, sub;
   uint64_t ng, i;
   const char *err = NULL;
-  luaL_checkstack(L, 6, "brisk.roster: roster item");
+  luaL_checkstack(L, 6, "brisk.store: roster item");
   if (c->p >= c->end) return "corrupt data (empty roster item)";
   flags = *c->p++;
   sub = flags & F_SUB_MASK;
@@ -582,14 +526,14 @@ const char *rb_decode_item(lua_State *L, rb_cur *c, int smt, int names, int keys
     if ((err = dec_str(L, c)) != NULL) goto fail;
     lua_rawset(L, t);
   }
-  if (!rb_get_varint(c, &ng) || ng > left(c) + 1) { err = "corrupt data (bad group count)"; goto fail; }
+  if (!store_get_varint(c, &ng) || ng > left(c) + 1) { err = "corrupt data (bad group count)"; goto fail; }
   if (ng > 0) {
     lua_Integer nnames = (lua_Integer)lua_rawlen(L, names);
     lua_pushvalue(L, keys + K_GROUPS);
     lua_createtable(L, 0, (int)(ng - 1));
     for (i = 1; i < ng; i++) {
       uint64_t gi;
-      if (!rb_get_varint(c, &gi) || gi >= (uint64_t)nnames) { err = "corrupt data (group index out of range)"; goto fail; }
+      if (!store_get_varint(c, &gi) || gi >= (uint64_t)nnames) { err = "corrupt data (group index out of range)"; goto fail; }
       lua_rawgeti(L, names, (lua_Integer)gi + 1);
       lua_pushboolean(L, 1);
       lua_rawset(L, -3);
@@ -612,17 +556,53 @@ fail:
   return err;
 }
 
-const char *rb_decode_meta(lua_State *L, rb_cur *c, int smt) {
+const char *store_decode_meta(lua_State *L, Cursor *c, int smt) {
   uint64_t n, i;
   int base = lua_gettop(L);
   const char *err;
-  luaL_checkstack(L, 6, "brisk.roster: roster metadata");
-  if (!rb_get_varint(c, &n) || n > left(c)) return "corrupt data (bad group name count)";
+  luaL_checkstack(L, 6, "brisk.store: roster metadata");
+  if (!store_get_varint(c, &n) || n > left(c)) return "corrupt data (bad group name count)";
   lua_createtable(L, (int)n, 0);
   for (i = 1; i <= n; i++) {
     if ((err = dec_str(L, c)) != NULL) { lua_settop(L, base); return err; }
     lua_rawseti(L, base + 1, (lua_Integer)i);
   }
   if ((err = dec_body(L, c, smt, 0)) != NULL) { lua_settop(L, base); return err; }
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- payloads by kind */
+
+/* Decode the whole payload of a key's own row and require nothing left over. */
+const char *store_decode_payload(lua_State *L, Cursor *c, int kind, int smt, int names, int keys) {
+  const char *err;
+  if (kind == STORE_KIND_VALUE) err = store_decode_value(L, c, smt);
+  else if (kind == STORE_KIND_ITEM) err = store_decode_item(L, c, smt, names, keys);
+  else return "corrupt data (unexpected metadata payload)";
+  if (err) return err;
+  if (c->p != c->end) {
+    lua_pop(L, 1);
+    return "corrupt data (trailing bytes)";
+  }
+  return NULL;
+}
+
+/*
+** Decode the "" row's payload: pushes the group names array and the table of
+** the non-string-keyed entries. General-value rows (non-roster stores) push
+** an empty names array.
+*/
+const char *store_decode_extra(lua_State *L, Cursor *c, int kind, int smt) {
+  const char *err;
+  if (kind == STORE_KIND_META) {
+    if ((err = store_decode_meta(L, c, smt)) != NULL) return err;
+  } else if (kind == STORE_KIND_VALUE) {
+    lua_newtable(L);
+    if ((err = store_decode_value(L, c, smt)) != NULL) { lua_pop(L, 1); return err; }
+    if (!lua_istable(L, -1)) { lua_pop(L, 2); return "corrupt data (extra entries are not a table)"; }
+  } else {
+    return "corrupt data (contact payload under the empty key)";
+  }
+  if (c->p != c->end) { lua_pop(L, 2); return "corrupt data (trailing bytes)"; }
   return NULL;
 }

@@ -1,8 +1,10 @@
--- brisk.storage_testhost — run Prosody's real storage drivers in this Lua
--- process, the way Prosody's own spec/core_storagemanager_spec.lua does:
+-- spec/helpers/storage_host.lua — run Prosody's real storage drivers in this
+-- Lua process, the way Prosody's own spec/core_storagemanager_spec.lua does:
 -- the real configmanager, hostmanager, modulemanager and storagemanager load
 -- the real mod_storage_internal, mod_storage_sql and mod_storage_brisk, one
--- virtual host per driver. Used by the roster specs and bench/roster.lua.
+-- virtual host per driver. It fakes the global "prosody", so it is test code
+-- only (never installed): used by spec/storage_*_spec.lua and
+-- bench/roster.lua, as require "spec.helpers.storage_host".
 --
 -- Call setup() once per process (busted insulates each spec file), before
 -- anything else requires Prosody's core modules.

@@ -6,9 +6,9 @@
 local helper = require "spec.helpers.prosody";
 local write = helper.write_file;
 
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 
-local dir = assert(io.popen("mktemp -d /tmp/brisk-roster-mig-XXXXXX")):read("l");
+local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-mig-XXXXXX")):read("l");
 -- The migrator may drop root privileges to Prosody's user.
 os.execute("chmod 0777 '"..dir.."'");
 local sm = th.setup(dir, {
@@ -17,7 +17,7 @@ local sm = th.setup(dir, {
 });
 local st = require "util.stanza";
 local json = require "util.json";
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local stores = { "roster", "accounts", "vcard", "private" };
 
@@ -114,7 +114,7 @@ describe("prosody-migrator with mod_storage_brisk", function ()
 input { type = "internal"; path = %q; %s }
 output { type = "brisk"; path = %q }
 ]]):format(dir, hosts_line("mig.test"), dir.."/m1.sqlite"));
-		local db = assert(R.open(dir.."/m1.sqlite"));
+		local db = assert(R.open(dir.."/m1.sqlite", { stanza_mt = st.stanza_mt }));
 		for _, u in ipairs(users) do
 			for _, store in ipairs(stores) do
 				local want = assert(sm.open("mig.test", store):get(u));
@@ -148,7 +148,7 @@ output { type = "internal"; path = %q }
 input { type = "sql"; driver = "SQLite3"; database = %q; %s }
 output { type = "brisk"; path = %q }
 ]]):format(dir.."/src.sqlite", hosts_line("sqlsrc.test"), dir.."/m2.sqlite"));
-		local db = assert(R.open(dir.."/m2.sqlite"));
+		local db = assert(R.open(dir.."/m2.sqlite", { stanza_mt = st.stanza_mt }));
 		for _, u in ipairs(users) do
 			for _, store in ipairs(stores) do
 				local want = assert(sm.open("sqlsrc.test", store):get(u));

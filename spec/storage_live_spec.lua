@@ -5,7 +5,7 @@
 
 local prosody = require "spec.helpers.prosody";
 local st = require "util.stanza";
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local ROSTER = "jabber:iq:roster";
 local ids = 0;

@@ -1,11 +1,13 @@
--- Differential semantics of mod_storage_brisk: the same sequences of driver
--- calls go to stock mod_storage_internal (and mod_storage_sql on SQLite) and
--- to brisk, loaded by Prosody's real modulemanager in this process; every
--- result must match, value types included.
+-- Differential semantics of mod_storage_brisk's keyval and map stores
+-- (rosters, with their compact encoding, and every other store): the same
+-- sequences of driver calls go to stock mod_storage_internal (and
+-- mod_storage_sql on SQLite) and to brisk, loaded by Prosody's real
+-- modulemanager in this process; every result must match, value types
+-- included.
 
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 
-local dir = assert(io.popen("mktemp -d /tmp/brisk-roster-sem-XXXXXX")):read("l");
+local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-sem-XXXXXX")):read("l");
 do -- encryption key for the encrypted brisk host
 	local f = assert(io.open(dir.."/key", "wb"));
 	f:write(("\42"):rep(32));

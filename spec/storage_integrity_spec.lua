@@ -4,9 +4,9 @@
 -- at rest keeps plaintext off the disk and a wrong or missing key is a clear
 -- error.
 
-local th = require "brisk.storage_testhost";
+local th = require "spec.helpers.storage_host";
 
-local dir = assert(io.popen("mktemp -d /tmp/brisk-roster-int-XXXXXX")):read("l");
+local dir = assert(io.popen("mktemp -d /tmp/brisk-storage-int-XXXXXX")):read("l");
 local keyhex = ("0123456789abcdef"):rep(4);
 do
 	local f = assert(io.open(dir.."/key.hex", "w"));
@@ -19,7 +19,7 @@ local sm = th.setup(dir, {
 });
 local rm = require "core.rostermanager";
 local um = require "core.usermanager";
-local R = require "brisk.roster";
+local R = require "brisk.store";
 
 local function sh(cmd)
 	local f = assert(io.popen(cmd.." 2>&1"));
