@@ -113,23 +113,15 @@ test-asan: deps
 check: all
 	@scripts/check.sh $(BUILD)
 
-# clang's static analyzer over every C file; any report fails.
+# clang's static analyzer (clang --analyze), with the build's flags, over
+# every C file of the modules ANALYZE names (default: all, e.g.
+# make analyze ANALYZE=store). Any report fails.
+ANALYZE ?= $(MODULES)
 analyze:
-	@scripts/analyze.sh
+	@ANALYZE_CFLAGS="$(CFLAGS)" scripts/analyze.sh $(ANALYZE)
 
 run: deps all
 	@scripts/run-server.sh
-
-# Static analysis with Debian's clang: clang --analyze, with the build's
-# flags, over every C file of the modules ANALYZE names (default: all of
-# them, e.g. make analyze ANALYZE=store). Any report fails the target.
-ANALYZE ?= $(MODULES)
-.PHONY: analyze
-analyze:
-	@status=0; for f in $(foreach m,$(ANALYZE),$(wildcard modules/$(m)/*.c)); do \
-	    out=$$(clang --analyze -Xanalyzer -analyzer-output=text $(CFLAGS) -o /dev/null $$f 2>&1); \
-	    if [ -n "$$out" ]; then echo "$$out"; status=1; else echo "analyze $$f: clean"; fi; \
-	done; exit $$status
 
 -include bench/bench.mk
 -include fuzz/fuzz.mk
@@ -144,9 +136,8 @@ help:
 	@echo "make test       install what is missing, build, run every spec on Prosody 0.12 and 13 (also under ASan/UBSan)"
 	@echo "make test-asan  the specs alone, against sanitizer builds"
 	@echo "make check      unit and differential specs only, one Prosody, in under a minute"
-	@echo "make analyze    clang's static analyzer over every C file"
 	@echo "make bench      stock vs Brisk benchmarks; make bench-quick for a short look"
 	@echo "make fuzz       libFuzzer targets for a longer bounded time"
-	@echo "make analyze    clang --analyze over the modules' C files (ANALYZE=store for one)"
+	@echo "make analyze    clang --analyze over the modules' C files (ANALYZE=store for one module)"
 	@echo "make soak       live mixed-load soak (SOAK_SECONDS) + LeakSanitizer workload"
 	@echo "eval \"\$$(make -s env)\"   let a plain lua5.4 find brisk.* and Prosody"
