@@ -98,21 +98,21 @@ local function scenario(modules)
 		local b = srv:connect("bob", "bobpw", "idle");
 		a:send(st.presence());
 		b:send(st.presence());
-		-- both idle: the 1 s sweep frees their parsers
+		-- idle for over 1 s, and the sweep runs every second: both asleep by 2.2 s
+		local function idle() prosody.wait_for(function () return false; end, 2.2, 0.2); end
 		assert.truthy(prosody.wait_for(function ()
 			return srv:log_text():match("hibernated %d+ idle stream parsers %(%d+ of %d+ streams hibernating%)");
 		end, 10, 0.1), "no hibernation logged");
-		prosody.wait_for(function () return false; end, 2.5, 0.5);
+		idle();
 		a:send(st.message({ to = "bob@localhost/idle", type = "chat", id = "w1" }):text_tag("body", "wake up ✓"));
 		local m = b:receive(5, function (s) return s.name == "message" and s.attr.id == "w1"; end);
 		assert.truthy(m, "bob got no message after alice's parser woke");
 		assert.equal("wake up ✓", m:get_child_text("body"));
 		assert.equal("en", m.attr["xml:lang"]); -- the stream's language, kept while asleep
-		prosody.wait_for(function () return false; end, 2.5, 0.5);
+		idle();
 		b:send(st.iq({ type = "get", to = "localhost", id = "p2" }):tag("ping", { xmlns = "urn:xmpp:ping" }));
 		assert.truthy(b:receive(5, function (s) return s.name == "iq" and s.attr.id == "p2"; end));
-		-- and </stream:stream> still closes a woken stream
-		prosody.wait_for(function () return false; end, 2.5, 0.5);
+		-- </stream:stream> closes a stream that was asleep (alice's) and a woken one
 		a:close();
 		b:close();
 	end);
