@@ -127,7 +127,7 @@ module:log("info", "brisk.xml %s installed: replaced %s; %s", brisk_xml._VERSION
 -- Idle streams' parsers: a sweep every half of brisk_xml_hibernate_after
 -- frees those of streams idle at a stanza boundary for at least that long
 -- (so after between 1 and 1.5 times it). It walks every Brisk stream once
--- (well under a millisecond per 10 000 streams); streams wake on their own.
+-- (about 1 ms per 10 000 streams); streams wake on their own.
 if parse and hibernate_after > 0 then
 	local period = math.max(1, hibernate_after / 2);
 	module:add_timer(period, function ()
