@@ -1549,7 +1549,7 @@ static int feed_fail(lua_State *L, Stream *s) {
 ** eager mode, or when the parser has grown large (see XMEM_KEEP).
 */
 static void settle(Stream *s) {
-  if (s->eligible && !s->hibernating &&
+  if (s->eligible && !s->hibernating && s->cur_r &&
       (s->limits.hibernate_eagerly || s->cur_r->acct.bytes > XMEM_KEEP))
     hibernate_stream(s);
 }
