@@ -10,6 +10,10 @@
 -- a test-only function). First both parsers' stanzas are checked to
 -- serialize to the same bytes (stock serializer, attributes in pairs() order).
 --
+-- Then idle streams: the C memory a Brisk stream holds awake and hibernating
+-- (brisk.xml.memory), and what waking a hibernated stream costs next to
+-- parsing one small stanza (a 100-byte message) on an awake stream.
+--
 -- Usage: eval "$(make -s env)"; lua5.4 bench/xml_parse.lua [--quick]
 -- With env BENCH_TSV=file, rows "area\tlabel\tstock\tbrisk\tunit" are
 -- appended (higher is better for every unit).
@@ -139,6 +143,96 @@ end
 print("")
 print(("Targets: Brisk / stock >= 8x (%s), no-op / Brisk <= 2x (%s)."):format(
 	t_stock / t_brisk >= 8 and "met" or "not met", t_brisk / t_noop <= 2 and "met" or "not met"))
+
+-- Idle streams ------------------------------------------------------
+
+-- K c2s streams past their header, as a server holds idle clients.
+local SMALL = "<message to='bob@example.com/phone' id='x7Rq2' type='chat'><body>Are you there now?</body></message>"
+assert(#SMALL == 100)
+local K = quick and 500 or 2000
+local function idle_streams(new)
+	local list = {}
+	for i = 1, K do
+		local s = new({ notopen = true }, {
+			default_ns = "jabber:client",
+			streamopened = function (sess) sess.notopen = nil end,
+			handlestanza = function () end,
+			error = function (_, e) error("unexpected stream error: " .. tostring(e)) end,
+		})
+		assert(s:feed(HEADER))
+		list[i] = s
+	end
+	return list
+end
+
+-- The seconds per stream that f(stream) takes over all K streams, the best
+-- of 2 * RUNS passes (these are differences of a few microseconds, and the
+-- minimum is the least disturbed by other load); prepare() runs untimed
+-- before each pass.
+local function per_stream(list, f, prepare)
+	local best = math.huge
+	for _ = 1, 2 * RUNS do
+		if prepare then prepare() end
+		collectgarbage()
+		local t0 = clock()
+		for i = 1, #list do f(list[i]) end
+		best = math.min(best, (clock() - t0) / #list)
+	end
+	return best
+end
+
+local list = idle_streams(bx.new)
+collectgarbage()
+local m_awake = bx.memory()
+local feed_space = function (s) assert(s:feed(" ")) end
+local feed_small = function (s) assert(s:feed(SMALL)) end
+local hibernate_all = function () bx.hibernate(0) end
+-- an awake stream fed one byte (white space between stanzas): the baseline
+local t_space = per_stream(list, feed_space)
+-- a hibernated stream fed the same byte: that plus waking
+local t_wake_space = per_stream(list, feed_space, hibernate_all)
+hibernate_all()
+local m_asleep = bx.memory()
+assert(m_asleep.hibernating == K)
+-- one small stanza, awake and hibernated (woken by it)
+local t_small = per_stream(list, feed_small)
+local t_wake_small = per_stream(list, feed_small, hibernate_all)
+-- hibernating: the sweep itself, per stream it frees
+local t_hibernate = math.huge
+for _ = 1, 2 * RUNS do
+	for i = 1, #list do list[i]:feed(" ") end
+	collectgarbage()
+	local t0 = clock()
+	local n = bx.hibernate(0)
+	t_hibernate = math.min(t_hibernate, (clock() - t0) / n)
+end
+-- stock's cost for the same small stanza, for scale
+local stock_list = idle_streams(xmppstream.new)
+local t_small_stock = per_stream(stock_list, feed_small)
+stock_list, list = nil, nil
+collectgarbage()
+
+local t_wake = t_wake_space - t_space
+local function us(x) return string.format("%.2f", x * 1e6) end
+print("")
+print("### Idle streams: memory and hibernation")
+print("")
+print(("%d c2s streams past their stream header, each pass over all of them (cold caches, as for"
+	.. " clients idle a while); per stream, best of %d passes."):format(K, 2 * RUNS))
+print("")
+print("| | per stream |")
+print("|---|---:|")
+print(("| C memory, awake (expat parser, buffers) | %d B |"):format(m_awake.bytes // K))
+print(("| C memory, hibernating (the replay copy of the stream header) | %d B |"):format(m_asleep.bytes // K))
+print(("| waking: a hibernated stream fed 1 byte, minus an awake one | %s µs |"):format(us(t_wake)))
+print(("| hibernating: brisk.xml.hibernate(0), per stream freed | %s µs |"):format(us(t_hibernate)))
+print(("| one 100-byte message, awake stream (Brisk) | %s µs |"):format(us(t_small)))
+print(("| one 100-byte message, awake stream (stock) | %s µs |"):format(us(t_small_stock)))
+print(("| one 100-byte message that wakes its stream (Brisk) | %s µs |"):format(us(t_wake_small)))
+print("")
+print(("Waking costs %.2fx one small stanza on an awake Brisk stream (target: < 1x), %.2fx stock's; "
+	.. "a woken stream's first small stanza costs %.2fx an awake one's."):format(
+	t_wake / t_small, t_wake / t_small_stock, t_wake_small / t_small))
 
 local tsv = os.getenv("BENCH_TSV")
 if tsv and tsv ~= "" then

@@ -15,6 +15,14 @@
 ** stanza, which the comparison at the end sees); byte 1 seeds the chunk
 ** sizes; the rest is the stream. Brisk's own limits (nesting depth and
 ** attribute count, which stock lacks) end the comparison when they trip.
+**
+** Brisk runs twice: as is, and hibernating (its parser freed at a stanza
+** boundary and rebuilt on the next bytes), which must change nothing. Byte 1
+** also picks how: at every feed end where it can (hibernate_eagerly), or by
+** brisk.xml.hibernate(0) after every feed (the production sweep), on the same
+** random chunks, or eagerly with the stream split after every ">" (so at
+** every stanza boundary). After each input every stream must be collected
+** and the module hold no C memory.
 */
 #include <stdint.h>
 #include <stdio.h>
@@ -55,7 +63,7 @@ static const char script[] =
   "  end\n"
   "  return kb == nil\n"
   "end\n"
-  "local function run(new, chunks, o)\n"
+  "local function run(new, chunks, o, after)\n"
   "  local trace, stream, nst = {}, nil, 0\n"
   "  local session = { notopen = true }\n"
   "  local cbs = {}\n"
@@ -73,10 +81,25 @@ static const char script[] =
   "  for _, c in ipairs(chunks) do\n"
   "    local ok, r1, r2 = pcall(stream.feed, stream, c)\n"
   "    trace[#trace+1] = { ok and 'feed' or 'raise', r1, r2 }\n"
+  "    if after then after() end\n"
   "  end\n"
   "  return trace\n"
   "end\n"
+  "local function compare(a, b, what)\n"
+  "  for i = 1, math.max(#a, #b) do\n"
+  "    local x, y = a[i], b[i]\n"
+  "    if not (x and y and same(x, y)) then\n"
+  "      error(('%s: event %d differs: stock %s %s %s, brisk %s %s %s'):format(what, i,\n"
+  "        tostring(x and x[1]), tostring(x and x[2]), tostring(x and x[3]),\n"
+  "        tostring(y and y[1]), tostring(y and y[2]), tostring(y and y[3])))\n"
+  "    end\n"
+  "  end\n"
+  "end\n"
   "return function(data)\n"
+  "  local m = bx.memory()\n"
+  "  if m.streams ~= 0 or m.bytes ~= 0 then\n"
+  "    error(('left from the last input: %d streams, %d bytes'):format(m.streams, m.bytes))\n"
+  "  end\n"
   "  if #data < 2 then return end\n"
   "  local b0, b1 = data:byte(1, 2)\n"
   "  local o = { profile = profiles[b0 % 6 + 1], limit = limits[(b0 // 6) % 4 + 1] or nil,\n"
@@ -90,15 +113,23 @@ static const char script[] =
   "    chunks[#chunks+1] = body:sub(pos, pos + len - 1)\n"
   "    pos = pos + len\n"
   "  end\n"
-  "  local a, b = run(stock.new, chunks, o), run(bx.new, chunks, o)\n"
-  "  for i = 1, math.max(#a, #b) do\n"
-  "    local x, y = a[i], b[i]\n"
-  "    if not (x and y and same(x, y)) then\n"
-  "      error(('event %d differs: stock %s %s %s, brisk %s %s %s'):format(i,\n"
-  "        tostring(x and x[1]), tostring(x and x[2]), tostring(x and x[3]),\n"
-  "        tostring(y and y[1]), tostring(y and y[2]), tostring(y and y[3])))\n"
+  "  local a = run(stock.new, chunks, o)\n"
+  "  compare(a, run(bx.new, chunks, o), 'awake')\n"
+  "  local mode = b1 % 3\n"
+  "  if mode == 2 then\n"
+  "    chunks, pos = {}, 1\n"
+  "    while pos <= #body do\n"
+  "      local e = body:find('>', pos, true) or #body\n"
+  "      chunks[#chunks+1] = body:sub(pos, e)\n"
+  "      pos = e + 1\n"
   "    end\n"
+  "    a = run(stock.new, chunks, o)\n"
   "  end\n"
+  "  local saved = bx.set_limits({ hibernate_eagerly = mode ~= 1 })\n"
+  "  local ok, c = pcall(run, bx.new, chunks, o, mode == 1 and function() bx.hibernate(0) end)\n"
+  "  bx.set_limits(saved)\n"
+  "  if not ok then error(c, 0) end\n"
+  "  compare(a, c, mode == 1 and 'swept' or 'eager')\n"
   "end\n";
 
 static void init(void) {

@@ -7,6 +7,9 @@
 --   brisk_xml_serialize = true    replace util.stanza serialization
 --   brisk_xml_max_depth           nesting limit of a stanza (none by default, as stock)
 --   brisk_xml_max_attributes      attributes per element (none by default, as stock)
+--   brisk_xml_hibernate_after = 30  seconds a stream must have been idle at a
+--                                 stanza boundary before its parser is freed
+--                                 (rebuilt on its next bytes); 0 disables
 module:set_global();
 
 local brisk_xml = require "brisk.loader".require("brisk.xml", module.path);
@@ -17,6 +20,7 @@ local xmppstream = prosody_lib "util.xmppstream";
 
 local parse = module:get_option_boolean("brisk_xml_parse", true);
 local serialize = module:get_option_boolean("brisk_xml_serialize", true);
+local hibernate_after = module:get_option_number("brisk_xml_hibernate_after", 30);
 
 brisk_xml.set_limits({
 	max_depth = math.tointeger(module:get_option_number("brisk_xml_max_depth", math.maxinteger));
@@ -119,6 +123,22 @@ module:log("info", "brisk.xml %s installed: replaced %s; %s", brisk_xml._VERSION
 	parse and ("rebound util.xmppstream.new in already loaded modules: "
 		.. (#rebound > 0 and table.concat(rebound, ", ") or "none"))
 	or "stream parsing left to stock (brisk_xml_parse = false)");
+
+-- Idle streams' parsers: a sweep every half of brisk_xml_hibernate_after
+-- frees those of streams idle at a stanza boundary for at least that long
+-- (so after between 1 and 1.5 times it). It walks every Brisk stream once
+-- (about 1 ms per 10 000 streams); streams wake on their own.
+if parse and hibernate_after > 0 then
+	local period = math.max(1, hibernate_after / 2);
+	module:add_timer(period, function ()
+		local n, hibernating, streams = brisk_xml.hibernate(hibernate_after);
+		if n > 0 then
+			module:log("debug", "hibernated %d idle stream parsers (%d of %d streams hibernating)",
+				n, hibernating, streams);
+		end
+		return period;
+	end);
+end
 
 function module.unload()
 	if parse and brisk_new ~= stock_new then

@@ -6,7 +6,8 @@
 --
 -- brisk_xml_max_depth is set low so that one stanza tells the two parsers
 -- apart: stock accepts it, Brisk closes the stream as not-well-formed. That
--- proves the sessions really run on the C parser.
+-- proves the sessions really run on the C parser. brisk_xml_hibernate_after
+-- is 1 s, so idle clients' parsers are freed and rebuilt under real traffic.
 local prosody = require "spec.helpers.prosody";
 local st = require "util.stanza";
 
@@ -19,7 +20,7 @@ local function scenario(modules)
 	setup(function ()
 		srv = prosody.start{
 			modules = modules;
-			config = { brisk_xml_max_depth = 40 };
+			config = { brisk_xml_max_depth = 40, brisk_xml_hibernate_after = 1 };
 			accounts = { alice = "alicepw", bob = "bobpw" };
 		};
 	end);
@@ -88,6 +89,30 @@ local function scenario(modules)
 		local depth, node = 0, m:get_child("x", "urn:deep");
 		while node do depth = depth + 1; node = node:get_child("x", "urn:deep"); end
 		assert.equal(20, depth);
+		a:close();
+		b:close();
+	end);
+
+	it("hibernates idle clients' parsers and wakes them on their next stanza", function ()
+		local a = srv:connect("alice", "alicepw", "idle");
+		local b = srv:connect("bob", "bobpw", "idle");
+		a:send(st.presence());
+		b:send(st.presence());
+		-- idle for over 1 s, and the sweep runs every second: both asleep by 2.2 s
+		local function idle() prosody.wait_for(function () return false; end, 2.2, 0.2); end
+		assert.truthy(prosody.wait_for(function ()
+			return srv:log_text():match("hibernated %d+ idle stream parsers %(%d+ of %d+ streams hibernating%)");
+		end, 10, 0.1), "no hibernation logged");
+		idle();
+		a:send(st.message({ to = "bob@localhost/idle", type = "chat", id = "w1" }):text_tag("body", "wake up ✓"));
+		local m = b:receive(5, function (s) return s.name == "message" and s.attr.id == "w1"; end);
+		assert.truthy(m, "bob got no message after alice's parser woke");
+		assert.equal("wake up ✓", m:get_child_text("body"));
+		assert.equal("en", m.attr["xml:lang"]); -- the stream's language, kept while asleep
+		idle();
+		b:send(st.iq({ type = "get", to = "localhost", id = "p2" }):tag("ping", { xmlns = "urn:xmpp:ping" }));
+		assert.truthy(b:receive(5, function (s) return s.name == "iq" and s.attr.id == "p2"; end));
+		-- </stream:stream> closes a stream that was asleep (alice's) and a woken one
 		a:close();
 		b:close();
 	end);

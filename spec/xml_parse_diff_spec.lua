@@ -6,6 +6,12 @@
 -- pairs() order, and every stanza must serialize (stock tostring) to the
 -- same bytes. harness.diff checks all of that for every run below.
 --
+-- Hibernation (the parser freed at a stanza boundary and rebuilt on the next
+-- bytes) must not change any of it: most runs are repeated with Brisk's
+-- streams hibernating at every feed end where they can ("eager") or swept by
+-- brisk.hibernate(0) after every feed ("sweep"), fed at random points or
+-- after every tag end (so at every stanza boundary).
+--
 -- BRISK_FUZZ_ITER=n sets the number of random and of mutated streams
 -- (default 1500 each); BRISK_FUZZ_SEED picks the first seed.
 local harness = require "spec.fixtures.xml.harness"
@@ -16,10 +22,22 @@ local brisk = require "brisk.xml"
 local ITER = tonumber(os.getenv("BRISK_FUZZ_ITER")) or 1500
 local SEED0 = tonumber(os.getenv("BRISK_FUZZ_SEED")) or 20261125
 
-local function check(chunks, opts, what)
+-- feeds that left a Brisk stream hibernating and feeds that woke one, by
+-- mode (the runs must not be vacuous)
+local hibernated = { eager = 0, sweep = 0 }
+local woke = { eager = 0, sweep = 0 }
+
+local function check(chunks, opts, what, mode)
 	local a = harness.run(stock.new, chunks, opts)
 	local b = harness.run(brisk.new, chunks, opts)
 	local d = harness.diff(a, b)
+	if not d and mode then
+		local c, n, w = harness.run_hibernating(brisk, chunks, opts, mode)
+		hibernated[mode] = hibernated[mode] + n
+		woke[mode] = woke[mode] + w
+		d = harness.diff(a, c)
+		if d then d = "(hibernating: " .. mode .. ")\n" .. d end
+	end
 	if d then
 		local o = {}
 		for k, v in pairs(opts or {}) do o[#o + 1] = k .. "=" .. harness.dump(v) end
@@ -139,7 +157,7 @@ describe("brisk.xml parser vs stock util.xmppstream", function()
 
 	it("matches on every corpus stream fed whole", function()
 		for _, item in ipairs(corpus) do
-			local trace = harness.lines(check({ item.data }, { profile = item.profile }, item.name))
+			local trace = harness.lines(check({ item.data }, { profile = item.profile }, item.name, "eager"))
 			-- the corpus is valid XMPP: stanzas are delivered and nothing fails
 			local stanzas = 0
 			for _, ev in ipairs(trace) do
@@ -158,10 +176,13 @@ describe("brisk.xml parser vs stock util.xmppstream", function()
 			{ profile = "custom" }, { profile = "s2s" }, { profile = "bosh" },
 		}
 		for _, item in ipairs(corpus) do
-			for _, v in ipairs(variants) do
+			for i, v in ipairs(variants) do
 				local opts = { profile = item.profile }
 				for k, val in pairs(v) do opts[k] = val end
 				check({ item.data }, opts, item.name)
+				-- and split at every tag end, hibernating wherever possible
+				check(harness.tag_chunks(nil, item.data), opts, item.name .. " at tag ends",
+					i % 2 == 0 and "eager" or "sweep")
 			end
 		end
 	end)
@@ -171,7 +192,7 @@ describe("brisk.xml parser vs stock util.xmppstream", function()
 			local data = item.data
 			for i = 0, #data do
 				check({ data:sub(1, i), data:sub(i + 1) }, { profile = item.profile, reset_after = "auth" },
-					item.name .. " split at " .. i)
+					item.name .. " split at " .. i, "eager")
 			end
 		end
 	end)
@@ -180,7 +201,7 @@ describe("brisk.xml parser vs stock util.xmppstream", function()
 		for _, item in ipairs(corpus) do
 			local chunks = {}
 			for i = 1, #item.data do chunks[i] = item.data:sub(i, i) end
-			check(chunks, { profile = item.profile, limit = 300 }, item.name .. " bytewise")
+			check(chunks, { profile = item.profile, limit = 300 }, item.name .. " bytewise", "eager")
 		end
 	end)
 
@@ -192,7 +213,11 @@ describe("brisk.xml parser vs stock util.xmppstream", function()
 			local profile = profiles[r(#profiles)]
 			local s = harness.gen_stream(r, profile)
 			local opts = harness.options(r, profile)
-			check(harness.chunks(r, s), opts, "random stream, seed " .. seed)
+			local chunks = harness.chunks(r, s)
+			-- (a generator of its own: r's sequence stays as it was)
+			local r2 = harness.rng(seed * 3 + 1)
+			if r2(3) == 1 then chunks = harness.tag_chunks(r2, s) end
+			check(chunks, opts, "random stream, seed " .. seed, r2(2) == 1 and "eager" or "sweep")
 		end
 	end)
 
@@ -208,7 +233,20 @@ describe("brisk.xml parser vs stock util.xmppstream", function()
 			end
 			local s = harness.mutate(r, base.data)
 			local opts = harness.options(r, base.profile)
-			check(harness.chunks(r, s), opts, "mutated stream, seed " .. seed)
+			local chunks = harness.chunks(r, s)
+			local r2 = harness.rng(seed * 3 + 1)
+			if r2(3) == 1 then chunks = harness.tag_chunks(r2, s) end
+			check(chunks, opts, "mutated stream, seed " .. seed, r2(2) == 1 and "eager" or "sweep")
+		end
+	end)
+
+	it("really hibernated and woke in the runs above", function()
+		-- (counted over this file's earlier tests, which busted runs first;
+		-- the corpus runs alone give about 450 of each, the random ones
+		-- about 3000 more by default)
+		for _, mode in ipairs({ "eager", "sweep" }) do
+			assert.truthy(hibernated[mode] > 400 and woke[mode] > 400,
+				("%s: %d hibernated, %d woke"):format(mode, hibernated[mode], woke[mode]))
 		end
 	end)
 end)

@@ -2,7 +2,8 @@
 -- invalid and split UTF-8, entity tricks, oversized stanzas, byte-at-a-time
 -- feeding, abuse of the API from callbacks. Never a crash or a hang, memory
 -- stays bounded, errors are explicit; where stock has an answer (everything
--- but Brisk's own depth and attribute limits) Brisk gives the same one.
+-- but Brisk's own depth and attribute limits) Brisk gives the same one, also
+-- with its streams hibernating at every feed end where they can.
 local harness = require "spec.fixtures.xml.harness"
 local stock = require "util.xmppstream"
 local brisk = require "brisk.xml"
@@ -14,6 +15,8 @@ local function same_as_stock(chunks, opts)
 	local b = harness.run(brisk.new, chunks, opts)
 	local d = harness.diff(a, b)
 	assert(d == nil, d)
+	d = harness.diff(a, (harness.run_hibernating(brisk, chunks, opts, "eager")))
+	assert(d == nil, d and "hibernating: " .. d)
 	return harness.lines(b)
 end
 
@@ -71,14 +74,17 @@ describe("brisk.xml parser under hostile input", function ()
 	end)
 
 	it("has no depth or attribute limit by default, as stock: the size limit bounds a nested stanza", function ()
-		assert.same({ max_depth = math.maxinteger, max_attributes = math.maxinteger }, brisk.set_limits())
+		assert.same({ max_depth = math.maxinteger, max_attributes = math.maxinteger, hibernate_eagerly = false },
+			brisk.set_limits())
 		local deep = "<message>" .. ("<a>"):rep(100000) -- 300 KB, over c2s's 256 KB
 		local chunks = { HEADER }
 		for i = 1, #deep, 4096 do chunks[#chunks + 1] = deep:sub(i, i + 4095) end
 		-- (compared without same_as_stock's readable lines: dumping a stanza
 		-- this deep, children reachable twice, would take forever)
 		local function same_deep(input, opts)
-			local d = harness.diff(harness.run(stock.new, input, opts), harness.run(brisk.new, input, opts))
+			local a = harness.run(stock.new, input, opts)
+			local d = harness.diff(a, harness.run(brisk.new, input, opts))
+				or harness.diff(a, (harness.run_hibernating(brisk, input, opts, "eager")))
 			assert(d == nil, d)
 		end
 		same_deep(chunks, { limit = 256 * 1024 })
@@ -99,7 +105,8 @@ describe("brisk.xml parser under hostile input", function ()
 		assert.has_error(function () brisk.set_limits({ max_depth = 0 }) end)
 		assert.has_error(function () brisk.set_limits({ max_attributes = "many" }) end)
 		local old = brisk.set_limits({ max_attributes = 7 })
-		assert.same({ max_depth = 3, max_attributes = math.maxinteger }, old)
+		assert.same({ max_depth = 3, max_attributes = math.maxinteger, hibernate_eagerly = false }, old)
+		assert.has_error(function () brisk.set_limits({ hibernate_eagerly = 1 }) end)
 	end)
 
 	it("stops an element with a huge attribute count at an operator's limit", function ()

@@ -15,9 +15,12 @@
 ** released by __gc, so a Lua error can never leak it.
 */
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <expat.h>
 
@@ -48,7 +51,8 @@ enum {
   UV_LIMIT,        /* stanza_size_limit, any Lua value (compared like stock) */
   UV_PENDING,      /* the error a callback raised during the current parse */
   UV_CACHE,        /* the NameCache userdata shared by all streams (push_name) */
-  UV_COUNT = UV_CACHE
+  UV_MODULE,       /* the Module userdata whose list holds this stream */
+  UV_COUNT = UV_MODULE
 };
 
 /*
@@ -70,7 +74,54 @@ typedef struct Level {
 typedef struct Limits {
   lua_Integer max_depth, max_attributes;
   int child_quota;
+  int hibernate_eagerly;  /* hibernate at every eligible feed end (see settle) */
 } Limits;
+
+/*
+** C memory is counted per owner: every allocation of an expat parser
+** (through the memory suite below, see Region) and of a stream's own buffers
+** carries a header naming the Account it is charged to, so frees need no
+** context.
+*/
+typedef struct Account {
+  size_t bytes;
+  struct Module *mod;
+} Account;
+
+/*
+** Each expat parser allocates from a Region of its own: a slab that holds
+** what a parser needs after a stream header and a few stanzas, handed out
+** by bumping a pointer, with larger or later allocations from the heap.
+** Freeing a slab block does nothing; the slab goes when the parser does, and
+** then XML_ParserFree is only needed if heap blocks remain. Building and
+** freeing a parser is what waking and hibernating cost, and this halves it
+** (about 25 mallocs and frees become one each, and expat's walk of its
+** structures to free them is skipped). expat frees memory only to replace
+** it with more (a buffer or table that grows), so the slab wastes at most
+** what it held; a parser holding too much is rebuilt (XMEM_KEEP).
+*/
+typedef struct Region {
+  Account acct;          /* the slab and every heap block of the parser */
+  char *next, *end;      /* the free part of the slab */
+  char *last;            /* the slab's last block (realloc grows it in place) */
+  char *pad;             /* (keeps the slab 16-byte aligned) */
+} Region;
+
+/*
+** The module's state, one userdata shared by new, set_limits, hibernate and
+** memory: the limits for new streams and the list of every stream not yet
+** collected (intrusive: each stream links itself in at creation and out in
+** __gc; a stream keeps this userdata alive through UV_MODULE).
+*/
+typedef struct Module {
+  Limits limits;
+  struct Stream *streams;
+  /* test-only fault injection (see l_fail_alloc): when non-zero, the
+  ** allocation that brings it to zero fails */
+  lua_Integer fail_countdown;
+  /* hash salts for rebuilt parsers (see wake_salt) */
+  uint64_t salt_key, salt_count;
+} Module;
 
 typedef struct Stream {
   XML_Parser cur;       /* the parser feed() uses; replaced by reset() */
@@ -100,6 +151,26 @@ typedef struct Stream {
   int base;             /* first of the fixed stack slots below, during a parse */
   Limits limits;
   struct NameCache *cache;  /* kept alive by UV_CACHE */
+  /* C memory held: the parsers' Regions (cur's, and active's after a
+  ** reset() during a feed) and Brisk's buffers (text, levels, hdr) */
+  Region *cur_r, *active_r;
+  Account bmem;
+  /* hibernation (see "hibernation" below): the state of parser cur as far
+  ** as a replay must restore it, the root's start tag to replay, and
+  ** whether the last feed left cur at a point where it can be rebuilt */
+  char *hdr;                    /* raw bytes of the root start tag, or NULL */
+  size_t hdrlen;
+  XML_Index fed;                /* bytes given to cur so far */
+  XML_Index event_end;          /* byte index just after cur's last event */
+  int xdepth;                   /* elements open in cur (expat's view) */
+  int in_cdata;                 /* inside a CDATA section of cur */
+  int noreplay;                 /* cur's prolog cannot be replayed */
+  int eligible;                 /* the last feed ended where cur can be rebuilt */
+  int hibernating;              /* cur is freed; hdr rebuilds it */
+  int stuck_error;              /* enum XML_Error every feed reports (l_feed) */
+  double since;                 /* when it became eligible (monotonic s) */
+  struct Stream *prev, *next;   /* Module.streams */
+  struct Module *mod;           /* NULL once unlinked */
 } Stream;
 
 /*
@@ -133,6 +204,186 @@ typedef struct NameCache {
 static const char *const STREAM_TYPE = "brisk.xml.stream";
 
 /* ---------------------------------------------------------------------- */
+/* counted C memory                                                        */
+/* ---------------------------------------------------------------------- */
+
+/*
+** Every C allocation a stream owns starts with this header: the Account it
+** is charged to and its size. 16 bytes, so the block after it keeps
+** malloc's alignment.
+*/
+typedef struct AllocHeader {
+  Account *owner;
+  size_t size;
+} AllocHeader;
+
+_Static_assert(sizeof(AllocHeader) % 16 == 0, "header keeps malloc's alignment");
+
+/* What an allocation of size bytes is counted as: the header included. */
+#define CHARGE(size) ((size) + sizeof(AllocHeader))
+
+/* Fault injection (l_fail_alloc): does this allocation fail? */
+static int injected_failure(Module *m) {
+  return m && m->fail_countdown > 0 && --m->fail_countdown == 0;
+}
+
+static void *counted_realloc(Account *a, void *ptr, size_t size) {
+  AllocHeader *h = ptr ? (AllocHeader *)ptr - 1 : NULL, *n;
+  Account *owner = h ? h->owner : a;
+  if (owner == NULL || size > SIZE_MAX / 2) return NULL;
+  if (injected_failure(owner->mod)) return NULL;
+  n = (AllocHeader *)(h ? realloc(h, CHARGE(size)) : malloc(CHARGE(size)));
+  if (n == NULL) return NULL;
+  if (h) owner->bytes -= CHARGE(n->size);
+  n->owner = owner;
+  n->size = size;
+  owner->bytes += CHARGE(size);
+  return n + 1;
+}
+
+static void counted_free(void *ptr) {
+  AllocHeader *h;
+  if (ptr == NULL) return;
+  h = (AllocHeader *)ptr - 1;
+  h->owner->bytes -= CHARGE(h->size);
+  free(h);
+}
+
+/*
+** Slab blocks are marked in their header's size; under AddressSanitizer the
+** unused part of a slab, the gap after each block and freed blocks are
+** poisoned, so overflows and uses after free are still caught there.
+*/
+#define SLAB_BLOCK ((size_t)1 << (sizeof(size_t) * CHAR_BIT - 1))
+#define SLAB_SIZE (12 * 1024)
+#define SLAB_CHARGE (sizeof(Region) + SLAB_SIZE)
+
+#if defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define BRISK_ASAN 1
+#  endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#  define BRISK_ASAN 1
+#endif
+#ifdef BRISK_ASAN
+#  include <sanitizer/asan_interface.h>
+#  define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#  define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#  define REDZONE 16
+#else
+#  define POISON(p, n) ((void)0)
+#  define UNPOISON(p, n) ((void)0)
+#  define REDZONE 0
+#endif
+
+_Static_assert(sizeof(Region) % 16 == 0, "the slab after a Region is aligned");
+
+static size_t round16(size_t n) {
+  return (n + 15) & ~(size_t)15;
+}
+
+/* A Region for a new parser; mod is the stream's module (fault injection). */
+static Region *region_new(Module *mod) {
+  Region *r;
+  if (injected_failure(mod)) return NULL;
+  r = (Region *)malloc(SLAB_CHARGE);
+  if (r == NULL) return NULL;
+  r->acct.bytes = SLAB_CHARGE;
+  r->acct.mod = mod;
+  r->next = (char *)(r + 1);
+  r->end = r->next + SLAB_SIZE;
+  r->last = NULL;
+  r->pad = NULL;
+  POISON(r->next, SLAB_SIZE);
+  return r;
+}
+
+/* Allocate for r's parser: from the slab when it fits, else the heap. */
+static void *region_alloc(Region *r, size_t size) {
+  size_t need;
+  AllocHeader *h;
+  if (size > SLAB_SIZE) return counted_realloc(&r->acct, NULL, size);
+  need = sizeof(AllocHeader) + round16(size) + REDZONE;
+  if ((size_t)(r->end - r->next) < need) return counted_realloc(&r->acct, NULL, size);
+  if (injected_failure(r->acct.mod)) return NULL;
+  h = (AllocHeader *)r->next;
+  UNPOISON(h, sizeof *h + size);
+  h->owner = &r->acct;
+  h->size = size | SLAB_BLOCK;
+  r->last = (char *)(h + 1);
+  r->next += need;
+  return h + 1;
+}
+
+/*
+** Free a parser and its Region. XML_ParserFree only walks the parser's
+** structures to free its blocks, so when all of them are in the slab (the
+** account holds nothing else) freeing the slab is the same.
+*/
+static void region_free(XML_Parser p, Region *r) {
+  if (r == NULL) return;
+  if (p && r->acct.bytes > SLAB_CHARGE) XML_ParserFree(p);
+  UNPOISON(r + 1, SLAB_SIZE);
+  free(r);
+}
+
+/*
+** expat's memory suite. Its functions get no context, so new blocks come
+** from the Region in expat_region, which is set around every call into
+** expat that can allocate (parser creation, XML_Parse) and restored
+** afterwards, so nested feeds of other streams from inside callbacks use
+** their own. Frees and reallocs find their Region in the block's header. It
+** is the only file-scope variable; it is thread-local, and NULL (allocations
+** fail) outside those calls.
+*/
+static _Thread_local Region *expat_region;
+
+static void *XMLCALL mm_malloc(size_t size) {
+  return expat_region ? region_alloc(expat_region, size) : NULL;
+}
+
+static void XMLCALL mm_free(void *ptr) {
+  AllocHeader *h;
+  if (ptr == NULL) return;
+  h = (AllocHeader *)ptr - 1;
+  if (h->size & SLAB_BLOCK) {
+    POISON(ptr, h->size & ~SLAB_BLOCK);   /* stays in the slab, unused */
+    return;
+  }
+  counted_free(ptr);
+}
+
+static void *XMLCALL mm_realloc(void *ptr, size_t size) {
+  AllocHeader *h;
+  Region *r;
+  size_t old;
+  void *n;
+  if (ptr == NULL) return mm_malloc(size);
+  h = (AllocHeader *)ptr - 1;
+  if (!(h->size & SLAB_BLOCK)) return counted_realloc(NULL, ptr, size);
+  /* a slab block: the Region whose account its header names */
+  r = (Region *)((char *)h->owner - offsetof(Region, acct));
+  old = h->size & ~SLAB_BLOCK;
+  if ((char *)ptr == r->last && size <= SLAB_SIZE &&
+      (size_t)(r->end - (char *)ptr) >= round16(size) + REDZONE) {
+    if (injected_failure(r->acct.mod)) return NULL;
+    if (size < old) POISON((char *)ptr + size, old - size);
+    else UNPOISON(ptr, size);
+    h->size = size | SLAB_BLOCK;
+    r->next = (char *)ptr + round16(size) + REDZONE;
+    return ptr;
+  }
+  n = region_alloc(r, size);
+  if (n == NULL) return NULL;
+  memcpy(n, ptr, old < size ? old : size);
+  mm_free(ptr);
+  return n;
+}
+
+static const XML_Memory_Handling_Suite mm_suite = {mm_malloc, mm_realloc, mm_free};
+
+/* ---------------------------------------------------------------------- */
 /* expat parsers                                                           */
 /* ---------------------------------------------------------------------- */
 
@@ -149,18 +400,36 @@ static void XMLCALL h_doctype(void *p, const XML_Char *name, const XML_Char *sys
                               const XML_Char *pubid, int has_internal_subset);
 
 /*
-** The same parser LuaExpat builds for util.xmppstream's handler table: the
-** namespace separator and exactly the handlers it registers, since which
-** handlers exist changes how expat reports events and byte counts.
+** A parser configured as LuaExpat configures it (namespace separator "\1";
+** see set_handlers), in a Region of its own, stored in *rp. NULL when out of
+** memory.
 */
-static XML_Parser new_parser(lua_State *L, Stream *s) {
-  XML_Parser p = XML_ParserCreateNS(NULL, NS_SEP);
-  if (p == NULL)
-    luaL_error(L, "XML_ParserCreate failed");
+static XML_Parser create_parser(Stream *s, Region **rp) {
+  static const XML_Char sep[] = {NS_SEP, '\0'};
+  Region *prev = expat_region, *r = region_new(s->bmem.mod);
+  XML_Parser p;
+  if (r == NULL) return NULL;
+  expat_region = r;
+  p = XML_ParserCreate_MM(NULL, &mm_suite, sep);
+  expat_region = prev;
+  if (p == NULL) {
+    region_free(NULL, r);
+    return NULL;
+  }
+  *rp = r;
   XML_SetUserData(p, s);
   /* Handlers receive the parser itself: byte counts are per parser, and an
   ** old parser may still be finishing its buffer after reset(). */
   XML_UseParserAsHandlerArg(p);
+  return p;
+}
+
+/*
+** Exactly the handlers LuaExpat registers for util.xmppstream's handler
+** table, since which handlers exist changes how expat reports events and
+** byte counts.
+*/
+static void set_handlers(XML_Parser p) {
   XML_SetElementHandler(p, h_start, h_end);
   XML_SetCharacterDataHandler(p, h_chars);
   XML_SetCdataSectionHandler(p, h_cdata_start, h_cdata_end);
@@ -168,7 +437,6 @@ static XML_Parser new_parser(lua_State *L, Stream *s) {
   XML_SetProcessingInstructionHandler(p, h_pi);
   XML_SetXmlDeclHandler(p, h_xmldecl);
   XML_SetStartDoctypeDeclHandler(p, h_doctype);
-  return p;
 }
 
 static Stream *stream_of(XML_Parser p) {
@@ -292,7 +560,7 @@ static void add_text(Stream *s, const char *data, size_t len) {
       if (cap > ((size_t)-1) / 2) luaL_error(s->L, "brisk.xml: text too large");
       cap *= 2;
     }
-    n = (char *)realloc(s->text, cap);
+    n = (char *)counted_realloc(&s->bmem, s->text, cap);
     if (n == NULL) luaL_error(s->L, "brisk.xml: not enough memory");
     s->text = n;
     s->textcap = cap;
@@ -305,7 +573,8 @@ static void add_text(Stream *s, const char *data, size_t len) {
 /*
 ** Make room for the counters of depth d and reset them (a new element).
 ** Depth has no limit by default (as in stock), so the array grows as
-** needed; it is owned by the stream and freed by __gc.
+** needed; it is owned by the stream, shrunk after a deep stanza (see
+** h_end) and freed by __gc.
 */
 static void open_level(Stream *s, int d) {
   if ((size_t)d >= s->levelcap) {
@@ -316,7 +585,7 @@ static void open_level(Stream *s, int d) {
         luaL_error(s->L, "brisk.xml: nesting too deep");
       cap *= 2;
     }
-    n = (Level *)realloc(s->levels, cap * sizeof(Level));
+    n = (Level *)counted_realloc(&s->bmem, s->levels, cap * sizeof(Level));
     if (n == NULL) luaL_error(s->L, "brisk.xml: not enough memory");
     s->levels = n;
     s->levelcap = cap;
@@ -328,6 +597,245 @@ static void open_level(Stream *s, int d) {
 
 static void progress(Stream *s, lua_Integer n) {
   s->outstanding -= n;
+}
+
+/* ---------------------------------------------------------------------- */
+/* hibernation                                                             */
+/* ---------------------------------------------------------------------- */
+
+/*
+** An idle stream's expat parser is most of its C memory (11-12 KiB), and
+** expat never gives back what a large stanza made it grow to. So at a point
+** where nothing about the parser matters beyond what its root start tag set
+** up, the parser is freed ("hibernation") and rebuilt on the next bytes by
+** replaying that start tag's name and namespace declarations (replay_tag)
+** into a fresh parser whose only handler counts it: the same namespace
+** bindings, and the root element open under the same qualified name (so
+** "</stream:stream>" still matches). Everything else a
+** stream has lives in the Stream and its user values and is not touched
+** (xml:lang, stanza_size, n_outstanding_bytes, the child quota), so nothing
+** observable changes. A parser is at such a point when, after a feed:
+**
+** - its root start tag was parsed, nothing else is open (xdepth == 1, not
+**   inside a CDATA section), no error happened and it is not stopped;
+** - every byte fed to it was reported through an event: expat holds back a
+**   partial token, a trailing CR or "]", a split character, and those would
+**   be lost (the end of the last event, from XML_GetCurrentByteIndex and
+**   XML_GetCurrentByteCount in every handler, equals the bytes fed);
+** - its prolog set up nothing a bare start tag would not: no DOCTYPE (its
+**   entities and defaults), no XML declaration naming another version or
+**   encoding (stock refuses both, but a raising error callback lets the
+**   parse go on), no UTF-16 (the start tag's bytes would hold NULs, which
+**   UTF-8 forbids); standalone has no effect without a DTD;
+** - and Brisk has no stanza open (a raising handlestanza keeps one open).
+**
+** The tracking runs in every handler before anything else, also while
+** handlers are skipped after a callback error, and only for cur: after
+** reset() the old parser finishes its chunk, and its events say nothing
+** about the new one.
+*/
+#define HDR_MAX 4096           /* longer root start tags are never replayed */
+
+/* Brisk's buffers kept after a stanza; larger ones are freed (h_end). */
+#define TEXT_KEEP 4096
+#define LEVELS_KEEP 64
+
+/*
+** A parser holding more than this much (after a big stanza, or many names:
+** expat caches every element and attribute name it has seen, and keeps its
+** input buffer at the largest chunk it had to hold) is rebuilt at the next
+** point where it can be, whether idle or not. After a c2s header a parser
+** holds its 12 KiB slab; on the c2s corpus it grows to about 25 KiB when fed
+** 1 KiB reads, 29 KiB with 4 KiB reads and 37 KiB with 8 KiB reads, which
+** makes it rebuilt about once per 150 KB of such traffic (a rebuild costs
+** less than parsing one small stanza).
+*/
+#define XMEM_KEEP (32 * 1024)
+
+static double monotonic_now(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) return 0;
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Record the end of cur's current event. */
+static void track_event(Stream *s, XML_Parser p) {
+  if (p == s->cur)
+    s->event_end = XML_GetCurrentByteIndex(p) + XML_GetCurrentByteCount(p);
+}
+
+static int is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/*
+** Write into out (at least n bytes) the replay tag for the start tag
+** t[0..n): "<" its qualified name, its namespace declarations (xmlns and
+** xmlns:*) byte for byte, ">". Other attributes set up nothing in expat
+** that outlives the tag (only caches of names seen), and leaving them out
+** makes waking cheaper. expat has already checked the tag, so a plain scan
+** suffices: names end at white space or "=", values at their quote, and
+** neither can hold the other's delimiter. Returns the length, or 0 for
+** anything unexpected (an empty-element tag, a NUL: UTF-16).
+*/
+static size_t replay_tag(const char *t, size_t n, char *out) {
+  const char *p = t + 1, *end = t + n, *name, *eq, *v;
+  size_t o = 0;
+  if (n < 3 || t[0] != '<' || t[n - 1] != '>' || t[n - 2] == '/' ||
+      memchr(t, 0, n))
+    return 0;
+  while (p < end && !is_space(*p) && *p != '>') p++;
+  memcpy(out, t, (size_t)(p - t));
+  o = (size_t)(p - t);
+  for (;;) {
+    while (p < end && is_space(*p)) p++;
+    if (p >= end) return 0;
+    if (*p == '>') break;
+    name = p;
+    while (p < end && !is_space(*p) && *p != '=') p++;
+    eq = p;
+    while (p < end && is_space(*p)) p++;
+    if (p >= end || *p != '=') return 0;
+    p++;
+    while (p < end && is_space(*p)) p++;
+    if (p >= end || (*p != '\'' && *p != '"')) return 0;
+    v = p;
+    p = memchr(p + 1, *v, (size_t)(end - p - 1));
+    if (p == NULL) return 0;
+    p++;                                   /* after the closing quote */
+    /* expat's own test for a declaration (getAttributeId); keeping more
+    ** than needed would be harmless, leaving one out would not */
+    if ((eq - name == 5 || (eq - name >= 6 && name[5] == ':')) &&
+        memcmp(name, "xmlns", 5) == 0) {
+      out[o++] = ' ';
+      memcpy(out + o, name, (size_t)(eq - name));
+      o += (size_t)(eq - name);
+      out[o++] = '=';
+      memcpy(out + o, v, (size_t)(p - v));
+      o += (size_t)(p - v);
+    }
+  }
+  out[o++] = '>';
+  return o;
+}
+
+/*
+** Keep the replay tag of the root start tag (the current event of p), when
+** it can be replayed; without one the stream never hibernates.
+*/
+static void capture_root(Stream *s, XML_Parser p) {
+  int off, size, n = XML_GetCurrentByteCount(p);
+  const char *buf;
+  char tmp[HDR_MAX];
+  size_t len;
+  if (s->noreplay || s->hdr || n <= 0 || n > HDR_MAX) return;
+  buf = XML_GetInputContext(p, &off, &size);
+  if (buf == NULL || off < 0 || size - off < n) return;
+  len = replay_tag(buf + off, (size_t)n, tmp);
+  if (len == 0) return;
+  s->hdr = (char *)counted_realloc(&s->bmem, NULL, len);
+  if (s->hdr == NULL) return;
+  memcpy(s->hdr, tmp, len);
+  s->hdrlen = len;
+}
+
+/* Forget everything known about cur (a new parser, nothing fed). */
+static void track_reset(Stream *s) {
+  counted_free(s->hdr);
+  s->hdr = NULL;
+  s->hdrlen = 0;
+  s->fed = s->event_end = 0;
+  s->xdepth = s->in_cdata = s->noreplay = 0;
+  s->eligible = s->hibernating = 0;
+  s->stuck_error = XML_ERROR_NONE;
+}
+
+/* After a feed parsed by cur without error: can cur be rebuilt? */
+static void note_feed_end(Stream *s) {
+  enum XML_Parsing st;
+  XML_ParsingStatus ps;
+  XML_GetParsingStatus(s->cur, &ps);
+  st = ps.parsing;
+  s->eligible = s->hdr != NULL && s->xdepth == 1 && !s->in_cdata &&
+                s->event_end == s->fed && st == XML_PARSING &&
+                XML_GetErrorCode(s->cur) == XML_ERROR_NONE &&
+                s->depth == 0 && s->nchunks == 0 && !s->dead;
+  if (s->eligible) s->since = monotonic_now();
+}
+
+/* Free cur and the buffers of an eligible stream. */
+static void hibernate_stream(Stream *s) {
+  region_free(s->cur, s->cur_r);
+  s->cur = NULL;
+  s->cur_r = NULL;
+  counted_free(s->text);
+  s->text = NULL;
+  s->textcap = s->textlen = 0;
+  counted_free(s->levels);
+  s->levels = NULL;
+  s->levelcap = 0;
+  s->hibernating = 1;
+}
+
+/*
+** A hash salt for a rebuilt parser. expat draws one from the system for
+** each new parser (a getrandom() call, a third of the cost of waking);
+** rebuilt ones get a different salt each, derived from a secret drawn once
+** per module (see brisk_xml_open_parser) by a bijective 64-bit mixer
+** (splitmix64's), so they stay unpredictable without a system call.
+*/
+static unsigned long wake_salt(Module *m) {
+  uint64_t z = m->salt_key + ++m->salt_count * 0x9E3779B97F4A7C15u;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+  z ^= z >> 31;
+  return (unsigned long)(z ? z : 1);   /* 0 would mean "draw one" */
+}
+
+/* During the replay: the root start tag, silently (see wake). */
+static void XMLCALL h_replay_start(void *ud, const XML_Char *name, const XML_Char **atts) {
+  XML_Parser p = (XML_Parser)ud;
+  Stream *s = stream_of(p);
+  BRISK_UNUSED(name);
+  BRISK_UNUSED(atts);
+  s->xdepth++;
+  s->event_end = XML_GetCurrentByteIndex(p) + XML_GetCurrentByteCount(p);
+}
+
+/*
+** Rebuild cur from hdr: a fresh parser, the start tag replayed with only a
+** counting start handler (expat binds the namespaces whether handlers exist
+** or not), then the real handlers. Returns XML_ERROR_NONE, or the error
+** that made it fail (out of memory); the stream then stays hibernating.
+*/
+static enum XML_Error wake(Stream *s) {
+  Region *prev = expat_region, *r;
+  XML_Parser p = create_parser(s, &r);
+  enum XML_Status st;
+  if (p == NULL) return XML_ERROR_NO_MEMORY;
+  if (s->mod) XML_SetHashSalt(p, wake_salt(s->mod));
+  s->cur = p;           /* for the replay handler's bookkeeping */
+  s->cur_r = r;
+  s->xdepth = 0;
+  s->event_end = 0;
+  XML_SetStartElementHandler(p, h_replay_start);
+  expat_region = r;
+  st = XML_Parse(p, s->hdr, (int)s->hdrlen, 0);
+  expat_region = prev;
+  if (st != XML_STATUS_OK || s->xdepth != 1 ||
+      s->event_end != (XML_Index)s->hdrlen) {
+    enum XML_Error e = st != XML_STATUS_OK ? XML_GetErrorCode(p)
+                                           : XML_ERROR_UNEXPECTED_STATE;
+    region_free(p, r);
+    s->cur = NULL;
+    s->cur_r = NULL;
+    return e;
+  }
+  set_handlers(p);
+  s->fed = (XML_Index)s->hdrlen;
+  s->in_cdata = 0;
+  s->hibernating = 0;
+  return XML_ERROR_NONE;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -606,6 +1114,10 @@ static void XMLCALL h_start(void *ud, const XML_Char *tagname, const XML_Char **
   size_t nslen, namelen;
   int set_xmlns = 0, nattrs = 0, has_xml = 0;
   const XML_Char **a;
+  if (p == s->cur) {
+    track_event(s, p);
+    if (s->xdepth++ == 0) capture_root(s, p);
+  }
   if (s->failed) return;
   if (s->depth > 0 && s->nchunks > 0) {
     push_current(s);
@@ -727,6 +1239,10 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
   XML_Parser p = (XML_Parser)ud;
   Stream *s = stream_of(p);
   lua_State *L = s->L;
+  if (p == s->cur) {
+    track_event(s, p);
+    s->xdepth--;
+  }
   if (s->failed) return;
   s->stanza_size += XML_GetCurrentByteCount(p);
   if (s->non_streamns_depth > 0) s->non_streamns_depth--;
@@ -762,9 +1278,14 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
       lua_pushnil(L);
       lua_rawseti(L, SLOT_STACK(s), 1);
       s->depth = 0;
-      /* after a deeply nested stanza, give its counters back */
-      if (s->levelcap > 1024) {
-        free(s->levels);
+      /* after a large or deeply nested stanza, give the buffers back */
+      if (s->textcap > TEXT_KEEP) {
+        counted_free(s->text);
+        s->text = NULL;
+        s->textcap = 0;
+      }
+      if (s->levelcap > LEVELS_KEEP) {
+        counted_free(s->levels);
         s->levels = NULL;
         s->levelcap = 0;
       }
@@ -787,6 +1308,7 @@ static void XMLCALL h_end(void *ud, const XML_Char *tagname) {
 static void XMLCALL h_chars(void *ud, const XML_Char *data, int len) {
   XML_Parser p = (XML_Parser)ud;
   Stream *s = stream_of(p);
+  track_event(s, p);
   if (s->failed) return;
   if (s->depth > 0) {
     s->stanza_size += XML_GetCurrentByteCount(p);
@@ -796,8 +1318,12 @@ static void XMLCALL h_chars(void *ud, const XML_Char *data, int len) {
   }
 }
 
-static void cdata_marker(XML_Parser p) {
+static void cdata_marker(XML_Parser p, int opens) {
   Stream *s = stream_of(p);
+  if (p == s->cur) {
+    track_event(s, p);
+    s->in_cdata = opens;
+  }
   if (s->failed) return;
   if (s->depth > 0)
     s->stanza_size += XML_GetCurrentByteCount(p);
@@ -805,8 +1331,8 @@ static void cdata_marker(XML_Parser p) {
     progress(s, XML_GetCurrentByteCount(p));
 }
 
-static void XMLCALL h_cdata_start(void *ud) { cdata_marker((XML_Parser)ud); }
-static void XMLCALL h_cdata_end(void *ud) { cdata_marker((XML_Parser)ud); }
+static void XMLCALL h_cdata_start(void *ud) { cdata_marker((XML_Parser)ud, 1); }
+static void XMLCALL h_cdata_end(void *ud) { cdata_marker((XML_Parser)ud, 0); }
 
 /* Comments, processing instructions, DOCTYPE: RFC 6120 section 11.1. */
 static void restricted(XML_Parser p) {
@@ -819,6 +1345,7 @@ static void restricted(XML_Parser p) {
 static void XMLCALL h_comment(void *ud, const XML_Char *data) {
   XML_Parser p = (XML_Parser)ud;
   BRISK_UNUSED(data);
+  track_event(stream_of(p), p);
   if (stream_of(p)->failed) return;
   restricted(p);
 }
@@ -827,6 +1354,7 @@ static void XMLCALL h_pi(void *ud, const XML_Char *target, const XML_Char *data)
   XML_Parser p = (XML_Parser)ud;
   BRISK_UNUSED(target);
   BRISK_UNUSED(data);
+  track_event(stream_of(p), p);
   if (stream_of(p)->failed) return;
   restricted(p);
 }
@@ -838,6 +1366,8 @@ static void XMLCALL h_doctype(void *ud, const XML_Char *name, const XML_Char *sy
   BRISK_UNUSED(sysid);
   BRISK_UNUSED(pubid);
   BRISK_UNUSED(has_internal_subset);
+  track_event(stream_of(p), p);
+  if (p == stream_of(p)->cur) stream_of(p)->noreplay = 1;
   if (stream_of(p)->failed) return;
   restricted(p);
 }
@@ -860,12 +1390,14 @@ static void XMLCALL h_xmldecl(void *ud, const XML_Char *version,
                               const XML_Char *encoding, int standalone) {
   XML_Parser p = (XML_Parser)ud;
   Stream *s = stream_of(p);
+  int odd = (encoding && !ascii_ieq(encoding, "utf-8")) ||
+            (version && strcmp(version, "1.0") != 0);
   BRISK_UNUSED(standalone);
+  track_event(s, p);
+  if (odd && p == s->cur) s->noreplay = 1;
   if (s->failed) return;
   progress(s, XML_GetCurrentByteCount(p));
-  if ((encoding && !ascii_ieq(encoding, "utf-8")) ||
-      (version && strcmp(version, "1.0") != 0))
-    restricted(p);
+  if (odd) restricted(p);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -896,17 +1428,31 @@ static void clear_state(lua_State *L, Stream *s, int ud) {
   s->stanza_size = 0;
 }
 
+static void unlink_stream(Stream *s) {
+  if (s->mod == NULL) return;
+  if (s->prev) s->prev->next = s->next;
+  else s->mod->streams = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = NULL;
+  s->mod = NULL;
+}
+
 static int stream_gc(lua_State *L) {
   Stream *s = check_stream(L, 1);
-  if (s->cur) XML_ParserFree(s->cur);
-  if (s->active && s->active != s->cur) XML_ParserFree(s->active);
+  if (s->active && s->active != s->cur) region_free(s->active, s->active_r);
+  region_free(s->cur, s->cur_r);
   s->cur = s->active = NULL;
-  free(s->text);
+  s->cur_r = s->active_r = NULL;
+  counted_free(s->text);
   s->text = NULL;
-  free(s->levels);
+  counted_free(s->levels);
   s->levels = NULL;
   s->levelcap = 0;
   s->textcap = s->textlen = 0;
+  counted_free(s->hdr);
+  s->hdr = NULL;
+  s->hibernating = 0;
+  unlink_stream(s);
   return 0;
 }
 
@@ -944,8 +1490,9 @@ static int parse_protected(lua_State *L) {
 /* Free the parser a feed worked on if reset() replaced it meanwhile. */
 static void release_active(Stream *s) {
   if (s->active && s->active != s->cur)
-    XML_ParserFree(s->active);
+    region_free(s->active, s->active_r);
   s->active = NULL;
+  s->active_r = NULL;
 }
 
 /*
@@ -957,13 +1504,20 @@ static void release_active(Stream *s) {
 static int run_parse(lua_State *L, int ud, Stream *s, XML_Parser p,
                      const char *data, size_t len) {
   int status, failed;
+  Region *prev = expat_region;
   lua_pushcfunction(L, parse_protected);
   lua_pushvalue(L, ud);
   lua_pushlightuserdata(L, p);
   lua_pushlightuserdata(L, (void *)data);
   lua_pushinteger(L, (lua_Integer)len);
+  /* p is cur, or the parser a reset() during the last parse replaced */
+  if (p == s->cur) s->active_r = s->cur_r;
   s->active = p;
+  /* p's allocations come from its Region, also when an error unwinds out
+  ** of the parse (restored here, not in parse_protected) */
+  expat_region = s->active_r;
   status = lua_pcall(L, 4, 1, 0);
+  expat_region = prev;
   failed = s->failed;
   s->failed = 0;
   s->L = NULL;
@@ -990,6 +1544,16 @@ static int feed_fail(lua_State *L, Stream *s) {
   return lua_error(L);
 }
 
+/*
+** At the end of a feed that left the stream eligible: hibernate at once in
+** eager mode, or when the parser has grown large (see XMEM_KEEP).
+*/
+static void settle(Stream *s) {
+  if (s->eligible && !s->hibernating && s->cur_r &&
+      (s->limits.hibernate_eagerly || s->cur_r->acct.bytes > XMEM_KEEP))
+    hibernate_stream(s);
+}
+
 /* stream:feed(data) — stock's feed, including what happens after reset(). */
 static int l_feed(lua_State *L) {
   Stream *s = check_stream(L, lua_upvalueindex(1));
@@ -1005,21 +1569,42 @@ static int l_feed(lua_State *L) {
   lua_pushvalue(L, lua_upvalueindex(1));
   ud = lua_gettop(L);
   s->outstanding += (lua_Integer)len;
-  if (s->dead || s->cur == NULL) {
+  if (s->dead || (s->cur == NULL && !s->hibernating)) {
     lua_pushnil(L);
     lua_pushliteral(L, "brisk.xml: stream unusable after an internal error");
     return 2;
   }
-  p = s->cur;
-  ok = run_parse(L, ud, s, p, data, len);
-  if (ok < 0) return feed_fail(L, s);
+  if (s->hibernating && len > 0 && s->stuck_error == XML_ERROR_NONE)
+    s->stuck_error = wake(s);
+  if (s->hibernating || s->stuck_error != XML_ERROR_NONE) {
+    /*
+    ** No parse. Either still hibernating, with an empty feed (for expat a
+    ** no-op that succeeds), or the parser ran out of memory, waking or in
+    ** expat itself: every feed then fails the same way until reset().
+    ** expat's errors are final anyway, but not always this one: expat 2.5
+    ** fails a parse whose start (binding the xml prefix) runs out of memory
+    ** and then crashes in the next one, so it is not given a next one.
+    */
+    p = NULL;
+    ok = s->stuck_error == XML_ERROR_NONE;
+  } else {
+    p = s->cur;
+    s->eligible = 0;
+    s->fed += (XML_Index)len;
+    ok = run_parse(L, ud, s, p, data, len);
+    if (ok < 0) return feed_fail(L, s);
+    if (ok && p == s->cur) note_feed_end(s);
+    else if (!ok && p == s->cur && XML_GetErrorCode(p) == XML_ERROR_NO_MEMORY)
+      s->stuck_error = XML_ERROR_NO_MEMORY;
+  }
   /* LuaExpat returns its parser object on success; we return ours. */
   if (ok) {
     lua_pushvalue(L, ud);
     lua_pushnil(L);
   } else {
     lua_pushnil(L);
-    lua_pushstring(L, XML_ErrorString(XML_GetErrorCode(p)));
+    lua_pushstring(L, XML_ErrorString(p ? XML_GetErrorCode(p)
+                                        : (enum XML_Error)s->stuck_error));
   }
   /* n_outstanding_bytes > stanza_size_limit, compared the way Lua does
   ** (a limit that is not a number raises Lua's comparison error). */
@@ -1027,27 +1612,36 @@ static int l_feed(lua_State *L) {
   lua_getiuservalue(L, ud, UV_LIMIT);
   if (lua_compare(L, -1, -2, LUA_OPLT)) {
     release_active(s);
+    settle(s);
     lua_pushnil(L);
     lua_pushliteral(L, "stanza-too-large");
     return 2;
   }
   lua_pop(L, 2);
-  if (s->cur != p) {
+  if (p && s->cur != p) {
     /* reset() during this parse: finish the old parser, as stock does. */
     r = run_parse(L, ud, s, p, NULL, 0);
     if (r < 0) return feed_fail(L, s);
   }
   release_active(s);
+  settle(s);
   return 2;
 }
 
 /* stream:reset() — a new parser for a restarted stream. */
 static int l_reset(lua_State *L) {
   Stream *s = check_stream(L, lua_upvalueindex(1));
-  XML_Parser p = new_parser(L, s);
-  /* The parser a running feed() works on is freed by that feed. */
-  if (s->cur && s->cur != s->active) XML_ParserFree(s->cur);
+  Region *r;
+  XML_Parser p = create_parser(s, &r);
+  if (p == NULL) return luaL_error(L, "XML_ParserCreate failed");
+  set_handlers(p);
+  /* The parser a running feed() works on (with its Region in active_r) is
+  ** freed by that feed. A hibernating stream has none; its replay copy goes
+  ** too. */
+  if (s->cur && s->cur != s->active) region_free(s->cur, s->cur_r);
   s->cur = p;
+  s->cur_r = r;
+  track_reset(s);
   s->dead = 0;
   s->outstanding = 0;
   clear_state(L, s, lua_upvalueindex(1));
@@ -1180,11 +1774,11 @@ static const char *keep_string(lua_State *L, int t, int slot) {
 }
 
 /*
-** Upvalue 1: the Limits userdata. Upvalue 2: stock util.xmppstream.new or
+** Upvalue 1: the Module userdata. Upvalue 2: stock util.xmppstream.new or
 ** nil. Upvalue 3: the string cache (a NameCache userdata).
 */
 static int l_new(lua_State *L) {
-  Limits *lim = (Limits *)lua_touserdata(L, lua_upvalueindex(1));
+  Module *m = (Module *)lua_touserdata(L, lua_upvalueindex(1));
   Stream *s;
   int ud, strs;
   const char *stream_ns, *stream_tag, *error_tag;
@@ -1212,7 +1806,8 @@ static int l_new(lua_State *L) {
   memset(s, 0, sizeof *s);
   ud = lua_gettop(L);
   luaL_setmetatable(L, STREAM_TYPE);
-  s->limits = *lim;
+  s->limits = m->limits;
+  s->bmem.mod = m;
   lua_newtable(L);
   strs = lua_gettop(L);
   lua_pushvalue(L, strs);
@@ -1272,7 +1867,16 @@ static int l_new(lua_State *L) {
   lua_setiuservalue(L, ud, UV_CACHE);
 
   /* stock's ex.max_elements only reaches LuaExpat, which ignores it */
-  s->cur = new_parser(L, s);
+  s->cur = create_parser(s, &s->cur_r);
+  if (s->cur == NULL) return luaL_error(L, "XML_ParserCreate failed");
+  set_handlers(s->cur);
+  /* in the module's list from now until __gc */
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_setiuservalue(L, ud, UV_MODULE);
+  s->mod = m;
+  s->next = m->streams;
+  if (s->next) s->next->prev = s;
+  m->streams = s;
 
   /* session.open_stream = function (session, from, to) ... end */
   lua_pushvalue(L, 2);
@@ -1301,7 +1905,7 @@ static int l_new(lua_State *L) {
 ** limits for streams created afterwards. Returns the previous values.
 */
 static int l_set_limits(lua_State *L) {
-  Limits *lim = (Limits *)lua_touserdata(L, lua_upvalueindex(1));
+  Limits *lim = &((Module *)lua_touserdata(L, lua_upvalueindex(1)))->limits;
   Limits old = *lim;
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -1317,12 +1921,125 @@ static int l_set_limits(lua_State *L) {
       luaL_argcheck(L, v >= 0, 1, "max_attributes must not be negative");
       lim->max_attributes = v;
     }
+    lua_getfield(L, 1, "hibernate_eagerly");
+    if (!lua_isnil(L, -1)) {
+      luaL_argcheck(L, lua_isboolean(L, -1), 1, "hibernate_eagerly must be a boolean");
+      lim->hibernate_eagerly = lua_toboolean(L, -1);
+    }
   }
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 3);
   lua_pushinteger(L, old.max_depth);
   lua_setfield(L, -2, "max_depth");
   lua_pushinteger(L, old.max_attributes);
   lua_setfield(L, -2, "max_attributes");
+  lua_pushboolean(L, old.hibernate_eagerly);
+  lua_setfield(L, -2, "hibernate_eagerly");
+  return 1;
+}
+
+/*
+** hibernate([idle_seconds]): hibernate every stream that has been eligible
+** (see "hibernation") for at least idle_seconds (default 0: all eligible
+** ones). Streams inside a feed are left alone. Returns how many it
+** hibernated now, how many are hibernating, and how many streams there are.
+*/
+static int l_hibernate(lua_State *L) {
+  Module *m = (Module *)lua_touserdata(L, lua_upvalueindex(1));
+  lua_Number idle = luaL_optnumber(L, 1, 0);
+  lua_Integer now_done = 0, hibernating = 0, n = 0;
+  double now;
+  Stream *s;
+  luaL_argcheck(L, idle >= 0, 1, "idle seconds must not be negative");
+  now = monotonic_now();
+  for (s = m->streams; s; s = s->next) {
+    n++;
+    if (!s->hibernating && s->eligible && s->active == NULL &&
+        now - s->since >= idle) {
+      hibernate_stream(s);
+      now_done++;
+    }
+    if (s->hibernating) hibernating++;
+  }
+  lua_pushinteger(L, now_done);
+  lua_pushinteger(L, hibernating);
+  lua_pushinteger(L, n);
+  return 3;
+}
+
+/* What a stream's parsers hold (with the Regions themselves). */
+static size_t expat_bytes(const Stream *s) {
+  size_t n = s->cur_r ? s->cur_r->acct.bytes : 0;
+  if (s->active && s->active != s->cur && s->active_r) n += s->active_r->acct.bytes;
+  return n;
+}
+
+/* The Stream behind a stream object (its feed closure's upvalue), or NULL. */
+static Stream *stream_of_object(lua_State *L, int idx) {
+  Stream *s = NULL;
+  if (lua_type(L, idx) != LUA_TTABLE) return NULL;
+  lua_getfield(L, idx, "feed");
+  if (lua_tocfunction(L, -1) == l_feed && lua_getupvalue(L, -1, 1)) {
+    s = (Stream *)luaL_testudata(L, -1, STREAM_TYPE);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return s;
+}
+
+/*
+** memory([stream]): C memory held by the module's streams, counted by the
+** allocator (expat's parsers and Brisk's buffers, allocation headers
+** included; not the Stream structs, which are Lua userdata):
+** { streams =, hibernating =, bytes =, expat =, buffers = }. With a stream
+** object, the same for that stream ({ hibernating = boolean, ... }).
+*/
+static int l_memory(lua_State *L) {
+  Module *m = (Module *)lua_touserdata(L, lua_upvalueindex(1));
+  size_t xb = 0, bb = 0;
+  lua_Integer n = 0, hib = 0;
+  Stream *s;
+  if (!lua_isnoneornil(L, 1)) {
+    s = stream_of_object(L, 1);
+    luaL_argcheck(L, s != NULL, 1, "brisk.xml stream expected");
+    lua_createtable(L, 0, 4);
+    lua_pushboolean(L, s->hibernating);
+    lua_setfield(L, -2, "hibernating");
+    xb = expat_bytes(s);
+    bb = s->bmem.bytes;
+  } else {
+    for (s = m->streams; s; s = s->next) {
+      n++;
+      hib += s->hibernating;
+      xb += expat_bytes(s);
+      bb += s->bmem.bytes;
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "streams");
+    lua_pushinteger(L, hib);
+    lua_setfield(L, -2, "hibernating");
+  }
+  lua_pushinteger(L, (lua_Integer)(xb + bb));
+  lua_setfield(L, -2, "bytes");
+  lua_pushinteger(L, (lua_Integer)xb);
+  lua_setfield(L, -2, "expat");
+  lua_pushinteger(L, (lua_Integer)bb);
+  lua_setfield(L, -2, "buffers");
+  return 1;
+}
+
+/*
+** TEST ONLY, reachable only as debug.getregistry()["brisk.xml.fail_alloc"]
+** (not part of the module's API): fail_alloc(n) makes the n-th counted
+** allocation from now fail (0: none), to test out-of-memory paths such as
+** waking. Returns how many were still to go.
+*/
+static int l_fail_alloc(lua_State *L) {
+  Module *m = (Module *)lua_touserdata(L, lua_upvalueindex(1));
+  lua_Integer n = luaL_checkinteger(L, 1), old = m->fail_countdown;
+  luaL_argcheck(L, n >= 0, 1, "must not be negative");
+  m->fail_countdown = n;
+  lua_pushinteger(L, old);
   return 1;
 }
 
@@ -1391,6 +2108,27 @@ static int l_expat_noop_parse(lua_State *L) {
   return 2;
 }
 
+/*
+** The module's secret for wake_salt, from the system's random source; if
+** that cannot be read, from the clock and addresses (expat's own fallback
+** uses the same kind of sources).
+*/
+static uint64_t secret_key(const void *addr) {
+  uint64_t k = 0;
+  FILE *f = fopen("/dev/urandom", "rb");
+  if (f) {
+    if (fread(&k, sizeof k, 1, f) != 1) k = 0;
+    fclose(f);
+  }
+  if (k == 0) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    k = ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)ts.tv_nsec ^
+        (uint64_t)(uintptr_t)addr ^ ((uint64_t)(uintptr_t)&k << 17);
+  }
+  return k;
+}
+
 static const luaL_Reg stream_meta[] = {
   {"__gc", stream_gc},
   {NULL, NULL}
@@ -1398,6 +2136,7 @@ static const luaL_Reg stream_meta[] = {
 
 
 void brisk_xml_open_parser(lua_State *L, int mod) {
+  Module *m;
   Limits *lim;
   luaL_newmetatable(L, STREAM_TYPE);
   luaL_setfuncs(L, stream_meta, 0);
@@ -1412,7 +2151,10 @@ void brisk_xml_open_parser(lua_State *L, int mod) {
   lua_pushliteral(L, "^([^\1]*)\1?(.*)$");
   lua_setfield(L, mod, "ns_pattern");
 
-  lim = (Limits *)lua_newuserdatauv(L, sizeof(Limits), 0);
+  m = (Module *)lua_newuserdatauv(L, sizeof(Module), 0);
+  memset(m, 0, sizeof *m);
+  m->salt_key = secret_key(m);
+  lim = &m->limits;
   lim->max_depth = DEFAULT_MAX_DEPTH;
   lim->max_attributes = DEFAULT_MAX_ATTRIBUTES;
   lim->child_quota = 1;
@@ -1452,8 +2194,17 @@ void brisk_xml_open_parser(lua_State *L, int mod) {
   lua_pushcclosure(L, l_new, 3);
   lua_setfield(L, mod, "new");
   lua_pop(L, 1);
+  lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_set_limits, 1);
   lua_setfield(L, mod, "set_limits");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_hibernate, 1);
+  lua_setfield(L, mod, "hibernate");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_memory, 1);
+  lua_setfield(L, mod, "memory");
+  lua_pushcclosure(L, l_fail_alloc, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "brisk.xml.fail_alloc");
   lua_pushcfunction(L, l_expat_noop_parse);
   lua_setfield(L, mod, "_expat_noop_parse");
 }
