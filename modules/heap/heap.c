@@ -5,34 +5,38 @@
 ** a parallel array of ids, a map id -> position updated on every move and
 ** a map id -> item; server_epoll's timers live in one (every read on a
 ** connection reschedules its read timeout: reprioritize, a walk down the
-** tree). Here the tree lives in a C array of {priority, slot} entries and a
-** C array slot -> position, so a move is two stores; Lua tables hold only
-** what must stay Lua values: id -> slot (written on insert and removal, not
-** on moves) and each slot's id and item.
+** tree; every write that has to wait adds a write timeout and removes it
+** once sent). Here the tree is a C array of {priority, slot} entries with a
+** C array slot -> position, so a move is two stores. Ids that are numbers
+** (server_epoll's and util.timer's are: 1.5, 2.5, ...) map to their slot in
+** a C hash table; any other id, and every item, stays a Lua value, in the
+** state's two Lua tables (non-number id -> slot; slot -> id and item),
+** written on insert and removal only, never on moves.
 **
 ** A Brisk heap is still a plain Lua table, so that a heap Prosody created
 ** before Brisk loaded (server_epoll's, util.timer's) can be converted in
 ** place, and every reference to it, wherever it was captured, reaches the C
 ** heap. The table holds the heap's state (a full userdata) under a private
-** light-userdata key and the C methods as plain fields; its metatable sees
-** to the rest.
+** light-userdata key and its own C method closures as plain fields; its
+** metatable sees to the rest.
 **
 ** Exactness. The methods run stock's algorithm comparison for comparison
 ** (the same operators on the same operands in the same order), so entries
 ** with equal priorities come out in stock's order, and return stock's
 ** values, value count included. Priorities are kept as doubles with a flag
 ** for integers; Lua compares an integer of at most 2^53 with any number
-** exactly as those doubles compare. Anything else turns the heap back into
-** stock's own representation, in place, and lets stock's method do the work,
-** so values and errors are stock's by construction: a priority that is not
-** such a number (a string, an integer beyond 2^53), an id that is false or
-** NaN or already in the heap (stock's quirks with those depend on its
-** tables), a float position given to remove_index, and any read or write of
-** the fields stock's heap has (priorities, ids, index, items; writes of
-** current_id; reading current_id is answered). Stock's methods called on a
-** Brisk heap read those fields first, so they too find a stock heap. The
-** same happens to a heap's methods called on a table that is not a Brisk
-** heap: they are stock's.
+** exactly as those doubles compare. Number ids are keyed as Lua keys them
+** (a float with an integer value is that integer) and returned as given.
+** Anything else turns the heap back into stock's own representation, in
+** place, and lets stock's method do the work, so values and errors are
+** stock's by construction: a priority that is not such a number (a string,
+** an integer beyond 2^53), an id that is false or NaN or already in the
+** heap (stock's quirks with those depend on its tables), a float position
+** given to remove_index, and any read or write of the fields stock's heap
+** has (priorities, ids, index, items; writes of current_id; reading
+** current_id is answered). Stock's methods called on a Brisk heap read
+** those fields first, so they too find a stock heap. A heap's methods
+** called on a table that is not a Brisk heap are stock's.
 */
 #include <stdint.h>
 #include <string.h>
@@ -45,7 +49,7 @@
 #define EXACT_INT ((lua_Integer)1 << 53)
 
 /* Slot numbers are 32 bits; a heap never holds more entries than this. */
-#define MAX_SLOTS ((size_t)UINT32_MAX - 1)
+#define MAX_SLOTS ((size_t)UINT32_MAX / 4)
 
 /* The key of a heap table's state: the address of this variable. */
 static const char state_key = 0;
@@ -56,17 +60,45 @@ typedef struct Entry {
   uint32_t isint; /* prio came from an integer */
 } Entry;
 
+/* A slot's id: a number, kept here, or another Lua value, kept in vals. */
+#define ID_LUA   0
+#define ID_INT   1
+#define ID_FLOAT 2
+
+typedef struct Id {
+  union {
+    lua_Integer i;
+    double f;
+  } v;
+  int kind;
+} Id;
+
+/* The number id map: open addressing, linear probing, no tombstones. */
+#define KEY_EMPTY 0
+#define KEY_INT   1
+#define KEY_FLOAT 2
+
+typedef struct MapEnt {
+  uint64_t key;
+  uint32_t slot;
+  uint32_t tag; /* KEY_* */
+} MapEnt;
+
 /*
 ** The state of one heap. e[1..n] is the tree; pos[s] is slot s's position
-** in it while s is in use, else the next free slot (0 ends the list). Both
-** arrays have cap + 1 elements and are allocated with the Lua state's
-** allocator; the userdata's __gc frees them. User values: 1 the table
-** id -> slot, 2 the table holding slot s's id at 2s - 1 and its item at 2s.
+** in it while s is in use, else the next free slot (0 ends the list); id[s]
+** is its id. The arrays have cap + 1 elements, the map mapcap (a power of
+** two, at most half full); all are allocated with the Lua state's
+** allocator, and the userdata's __gc frees them. User values: 1 the table
+** non-number id -> slot, 2 the table holding slot s's id (if not a number)
+** at 2s - 1 and its item at 2s.
 */
 typedef struct Heap {
   Entry *e;
   uint32_t *pos;
-  size_t n, cap;
+  Id *id;
+  MapEnt *map;
+  size_t n, cap, mapcap, mapcount;
   uint32_t free, used;
   double cur; /* current_id, the next automatic id */
   int curint;
@@ -117,10 +149,10 @@ static int get_num(lua_State *L, int idx, double *d, int *isint) {
     if (i > EXACT_INT || i < -EXACT_INT) return 0;
     *d = (double)i;
     *isint = 1;
-  } else {
-    *d = lua_tonumber(L, idx);
-    *isint = 0;
+    return 1;
   }
+  *d = lua_tonumber(L, idx);
+  *isint = 0;
   return 1;
 }
 
@@ -129,43 +161,172 @@ static void push_num(lua_State *L, double d, int isint) {
   else lua_pushnumber(L, d);
 }
 
+/* ---------------------------------------------------------------- ids */
+
+/*
+** Read the id at idx, of type t. Returns 0 for NaN (no table key), else 1
+** with id set: a number (kept as given) or ID_LUA.
+*/
+static int get_id_t(lua_State *L, int idx, int t, Id *id) {
+  if (t != LUA_TNUMBER) {
+    id->kind = ID_LUA;
+    return 1;
+  }
+  if (lua_isinteger(L, idx)) {
+    id->kind = ID_INT;
+    id->v.i = lua_tointeger(L, idx);
+    return 1;
+  }
+  id->kind = ID_FLOAT;
+  id->v.f = lua_tonumber(L, idx);
+  return id->v.f == id->v.f;
+}
+
+static int get_id(lua_State *L, int idx, Id *id) {
+  return get_id_t(L, idx, lua_type(L, idx), id);
+}
+
+static void push_id(lua_State *L, const Id *id) {
+  if (id->kind == ID_INT) lua_pushinteger(L, id->v.i);
+  else lua_pushnumber(L, id->v.f);
+}
+
+/* The map key of a number id, as Lua keys it: a float with an integer value is that integer. */
+static uint64_t id_key(const Id *id, uint32_t *tag) {
+  if (id->kind == ID_FLOAT) {
+    double f = id->v.f;
+    if (f >= -9223372036854775808.0 && f < 9223372036854775808.0) {
+      lua_Integer i = (lua_Integer)f;
+      if ((double)i == f) {
+        *tag = KEY_INT;
+        return (uint64_t)i;
+      }
+    }
+    {
+      uint64_t bits;
+      memcpy(&bits, &f, sizeof bits);
+      *tag = KEY_FLOAT;
+      return bits;
+    }
+  }
+  *tag = KEY_INT;
+  return (uint64_t)id->v.i;
+}
+
+static size_t hash_key(uint64_t key, uint32_t tag, size_t mask) {
+  uint64_t x = key ^ ((uint64_t)tag * 0x9e3779b97f4a7c15u);
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9u;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebu;
+  x ^= x >> 31;
+  return (size_t)x & mask;
+}
+
+static uint32_t map_find(const Heap *h, uint64_t key, uint32_t tag) {
+  size_t mask = h->mapcap - 1, i;
+  if (h->mapcap == 0) return 0;
+  for (i = hash_key(key, tag, mask);; i = (i + 1) & mask) {
+    const MapEnt *m = &h->map[i];
+    if (m->tag == KEY_EMPTY) return 0;
+    if (m->tag == tag && m->key == key) return m->slot;
+  }
+}
+
+/* Insert a key known to be absent; the map has room (map_reserve). */
+static void map_put(Heap *h, uint64_t key, uint32_t tag, uint32_t slot) {
+  size_t mask = h->mapcap - 1, i = hash_key(key, tag, mask);
+  while (h->map[i].tag != KEY_EMPTY) i = (i + 1) & mask;
+  h->map[i].key = key;
+  h->map[i].tag = tag;
+  h->map[i].slot = slot;
+  h->mapcount++;
+}
+
+/* Remove a key (present); later entries of its run shift back into the gap. */
+static void map_del(Heap *h, uint64_t key, uint32_t tag) {
+  size_t mask = h->mapcap - 1, i = hash_key(key, tag, mask), j;
+  while (!(h->map[i].tag == tag && h->map[i].key == key)) i = (i + 1) & mask;
+  for (j = (i + 1) & mask; h->map[j].tag != KEY_EMPTY; j = (j + 1) & mask) {
+    size_t home = hash_key(h->map[j].key, h->map[j].tag, mask);
+    /* j's entry may fill the gap at i unless its home lies cyclically in (i, j] */
+    if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
+      h->map[i] = h->map[j];
+      i = j;
+    }
+  }
+  h->map[i].tag = KEY_EMPTY;
+  h->mapcount--;
+}
+
+/* Room for want keys at most half full; 0 when out of memory. */
+static int map_reserve(Heap *h, size_t want) {
+  size_t cap = h->mapcap ? h->mapcap : 16, i;
+  MapEnt *old = h->map, *m;
+  size_t oldcap = h->mapcap;
+  if (want * 2 <= h->mapcap) return 1;
+  while (cap < want * 2) cap *= 2;
+  m = (MapEnt *)h->f(h->ud, NULL, 0, cap * sizeof(MapEnt));
+  if (m == NULL) return 0;
+  memset(m, 0, cap * sizeof(MapEnt));
+  h->map = m;
+  h->mapcap = cap;
+  h->mapcount = 0;
+  for (i = 0; i < oldcap; i++)
+    if (old[i].tag != KEY_EMPTY) map_put(h, old[i].key, old[i].tag, old[i].slot);
+  if (old) h->f(h->ud, old, oldcap * sizeof(MapEnt), 0);
+  return 1;
+}
+
 /* ---------------------------------------------------------- the state */
 
-static int state_gc(lua_State *L) {
-  Heap *h = (Heap *)luaL_checkudata(L, 1, STATE_MT);
+static void free_arrays(Heap *h) {
   if (h->e) h->f(h->ud, h->e, (h->cap + 1) * sizeof(Entry), 0);
   if (h->pos) h->f(h->ud, h->pos, (h->cap + 1) * sizeof(uint32_t), 0);
+  if (h->id) h->f(h->ud, h->id, (h->cap + 1) * sizeof(Id), 0);
+  if (h->map) h->f(h->ud, h->map, h->mapcap * sizeof(MapEnt), 0);
   h->e = NULL;
   h->pos = NULL;
-  h->cap = h->n = 0;
+  h->id = NULL;
+  h->map = NULL;
+  h->cap = h->n = h->mapcap = h->mapcount = 0;
   h->free = h->used = 0;
+}
+
+static int state_gc(lua_State *L) {
+  free_arrays((Heap *)luaL_checkudata(L, 1, STATE_MT));
   return 0;
 }
 
-/* Grow both arrays to hold at least want slots; 0 when out of memory. */
+/* Grow the slot arrays to hold at least want slots; 0 when out of memory. */
 static int reserve(Heap *h, size_t want) {
   size_t cap = h->cap ? h->cap : 7;
-  Entry *e;
-  uint32_t *pos;
+  void *e, *pos, *id;
   if (want <= h->cap) return 1;
   if (want > MAX_SLOTS) return 0;
   while (cap < want) cap = cap * 2 + 1;
   if (cap > MAX_SLOTS) cap = MAX_SLOTS;
-  e = (Entry *)h->f(h->ud, NULL, 0, (cap + 1) * sizeof(Entry));
-  if (e == NULL) return 0;
-  pos = (uint32_t *)h->f(h->ud, NULL, 0, (cap + 1) * sizeof(uint32_t));
-  if (pos == NULL) {
-    h->f(h->ud, e, (cap + 1) * sizeof(Entry), 0);
+  /* allocate all three before giving up any old one */
+  e = h->f(h->ud, NULL, 0, (cap + 1) * sizeof(Entry));
+  pos = h->f(h->ud, NULL, 0, (cap + 1) * sizeof(uint32_t));
+  id = h->f(h->ud, NULL, 0, (cap + 1) * sizeof(Id));
+  if (e == NULL || pos == NULL || id == NULL) {
+    if (e) h->f(h->ud, e, (cap + 1) * sizeof(Entry), 0);
+    if (pos) h->f(h->ud, pos, (cap + 1) * sizeof(uint32_t), 0);
+    if (id) h->f(h->ud, id, (cap + 1) * sizeof(Id), 0);
     return 0;
   }
   if (h->e) {
     memcpy(e, h->e, (h->cap + 1) * sizeof(Entry));
     memcpy(pos, h->pos, (h->cap + 1) * sizeof(uint32_t));
+    memcpy(id, h->id, (h->cap + 1) * sizeof(Id));
     h->f(h->ud, h->e, (h->cap + 1) * sizeof(Entry), 0);
     h->f(h->ud, h->pos, (h->cap + 1) * sizeof(uint32_t), 0);
+    h->f(h->ud, h->id, (h->cap + 1) * sizeof(Id), 0);
   }
-  h->e = e;
-  h->pos = pos;
+  h->e = (Entry *)e;
+  h->pos = (uint32_t *)pos;
+  h->id = (Id *)id;
   h->cap = cap;
   return 1;
 }
@@ -179,11 +340,11 @@ static Heap *new_state(lua_State *L, size_t n) {
   memset(h, 0, sizeof *h);
   h->f = lua_getallocf(L, &h->ud);
   luaL_setmetatable(L, STATE_MT);
-  lua_createtable(L, 0, (int)(n < 1024 ? n : 1024));
+  lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
   lua_createtable(L, (int)(2 * n < 2048 ? 2 * n : 2048), 0);
   lua_setiuservalue(L, -2, 2);
-  return reserve(h, n) ? h : NULL;
+  return reserve(h, n) && map_reserve(h, n) ? h : NULL;
 }
 
 /* ------------------------------------------------------ the algorithm */
@@ -243,25 +404,60 @@ static uint32_t slot_alloc(Heap *h) {
   return ++h->used;
 }
 
-static void slot_free(Heap *h, uint32_t s) {
+/* The slot the next slot_alloc will return. */
+static uint32_t slot_next(const Heap *h) {
+  return h->free ? h->free : h->used + 1;
+}
+
+/* Push slot s's id (a number from C, any other value from vals). */
+static void push_slot_id(lua_State *L, const Heap *h, uint32_t s, int vals) {
+  if (h->id[s].kind == ID_LUA) lua_rawgeti(L, vals, 2 * (lua_Integer)s - 1);
+  else push_id(L, &h->id[s]);
+}
+
+/*
+** Forget slot s: its id's map or index entry, its id and its item; the id
+** is left pushed.
+*/
+static void slot_forget(lua_State *L, Heap *h, uint32_t s, int index, int vals) {
+  Id *id = &h->id[s];
+  if (id->kind == ID_LUA) {
+    lua_rawgeti(L, vals, 2 * (lua_Integer)s - 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, index);
+    lua_pushnil(L);
+    lua_rawseti(L, vals, 2 * (lua_Integer)s - 1);
+  } else {
+    uint32_t tag;
+    uint64_t key = id_key(id, &tag);
+    map_del(h, key, tag);
+    push_id(L, id);
+  }
+  lua_pushnil(L);
+  lua_rawseti(L, vals, 2 * (lua_Integer)s);
   h->pos[s] = h->free;
   h->free = s;
 }
 
-/*
-** Forget slot s: its id -> slot entry, its id and its item; the id is left
-** pushed. index and vals: the state's tables (absolute indices).
-*/
-static void slot_forget(lua_State *L, Heap *h, uint32_t s, int index, int vals) {
-  lua_rawgeti(L, vals, 2 * (lua_Integer)s - 1);
-  lua_pushvalue(L, -1);
-  lua_pushnil(L);
-  lua_rawset(L, index);
-  lua_pushnil(L);
-  lua_rawseti(L, vals, 2 * (lua_Integer)s - 1);
-  lua_pushnil(L);
-  lua_rawseti(L, vals, 2 * (lua_Integer)s);
-  slot_free(h, s);
+/* The slot of the id at idx, or 0 when it is not in the heap. */
+static uint32_t find_slot(lua_State *L, const Call *c, int idx) {
+  Id id;
+  lua_Integer s;
+  int t = lua_type(L, idx);
+  if (t == LUA_TNUMBER) {
+    uint32_t tag;
+    uint64_t key;
+    if (!get_id_t(L, idx, t, &id)) return 0; /* NaN */
+    key = id_key(&id, &tag);
+    return map_find(c->h, key, tag);
+  }
+  if (t == LUA_TNIL || t == LUA_TNONE) return 0;
+  lua_pushvalue(L, idx);
+  lua_rawget(L, c->index);
+  s = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return (uint32_t)s;
 }
 
 /* ------------------------------------------- stock's representation */
@@ -288,13 +484,13 @@ static void degrade(lua_State *L, int t, Heap *h, int hidx) {
     Entry en = h->e[i];
     push_num(L, en.prio, (int)en.isint);
     lua_rawseti(L, vals + 3, (lua_Integer)i);
-    lua_rawgeti(L, vals, 2 * (lua_Integer)en.slot - 1); /* the id */
+    push_slot_id(L, h, en.slot, vals);
     lua_pushvalue(L, -1);
     lua_rawseti(L, vals + 1, (lua_Integer)i);
     lua_pushvalue(L, -1);
     lua_pushinteger(L, (lua_Integer)i);
     lua_rawset(L, vals + 4);
-    lua_rawgeti(L, vals, 2 * (lua_Integer)en.slot);     /* the item */
+    lua_rawgeti(L, vals, 2 * (lua_Integer)en.slot); /* the item */
     lua_rawset(L, vals + 2);
   }
   for (m = method_names; *m; m++) {
@@ -318,13 +514,13 @@ static void degrade(lua_State *L, int t, Heap *h, int hidx) {
 }
 
 /*
-** Prepare a method call: settop(nargs) and find the heap self (index 1)
-** is. Returns 0 when self is no Brisk heap. A method called on its own
-** heap uses its upvalues; called on another Brisk heap, it pushes that
-** heap's state and tables.
+** Prepare a method call: find the heap self (index 1) is. Returns 0 when
+** self is no Brisk heap. A method called on its own heap uses its
+** upvalues (arguments beyond the top read as none, which the methods treat
+** as nil); called on another Brisk heap, it sets the top to nargs and
+** pushes that heap's state and tables.
 */
 static int enter(lua_State *L, int nargs, Call *c) {
-  lua_settop(L, nargs);
   if (lua_rawequal(L, 1, lua_upvalueindex(UV_SELF))) {
     c->h = (Heap *)lua_touserdata(L, lua_upvalueindex(UV_UD));
     if (!c->h->dead) {
@@ -334,6 +530,7 @@ static int enter(lua_State *L, int nargs, Call *c) {
       return 1;
     }
   }
+  lua_settop(L, nargs);
   if (lua_type(L, 1) != LUA_TTABLE) return 0;
   lua_rawgetp(L, 1, &state_key);
   c->h = (Heap *)lua_touserdata(L, -1);
@@ -371,43 +568,56 @@ static int l_insert(lua_State *L) {
   Call c;
   Heap *h;
   Entry en;
-  int isint, auto_id, id;
-  uint32_t s;
+  Id id;
+  uint32_t tag = 0, s;
+  uint64_t key = 0;
+  int isint;
   if (!enter(L, 4, &c)) return stock_method(L, "insert", 4);
   h = c.h;
   if (!get_num(L, 3, &en.prio, &isint)) return fall_back(L, &c, "insert", 4);
   en.isint = (uint32_t)isint;
-  auto_id = lua_isnil(L, 4);
-  if (auto_id) {
+  if (lua_isnoneornil(L, 4)) { /* stock: id = self.current_id; self.current_id = id + 1 */
     if (h->curint && h->cur >= (double)EXACT_INT) /* current_id + 1 would not fit */
       return fall_back(L, &c, "insert", 4);
-    push_num(L, h->cur, h->curint);
-  } else if ((lua_type(L, 4) == LUA_TBOOLEAN && !lua_toboolean(L, 4))
-             || (lua_type(L, 4) == LUA_TNUMBER && lua_tonumber(L, 4) != lua_tonumber(L, 4))) {
-    return fall_back(L, &c, "insert", 4);
-  } else {
-    lua_pushvalue(L, 4);
+    if (h->curint) {
+      id.kind = ID_INT;
+      id.v.i = (lua_Integer)h->cur;
+    } else {
+      id.kind = ID_FLOAT;
+      id.v.f = h->cur;
+      if (h->cur != h->cur) return fall_back(L, &c, "insert", 4);
+    }
+  } else if (!get_id(L, 4, &id) || (lua_type(L, 4) == LUA_TBOOLEAN && !lua_toboolean(L, 4))) {
+    return fall_back(L, &c, "insert", 4); /* NaN, false */
   }
-  id = lua_gettop(L);
-  lua_pushvalue(L, id);
-  if (lua_rawget(L, c.index) != LUA_TNIL) /* an id already in the heap */
-    return fall_back(L, &c, "insert", 4);
-  lua_pop(L, 1);
-  if (h->free == 0 && !reserve(h, (size_t)h->used + 1))
-    return luaL_error(L, "not enough memory");
-  s = h->free ? h->free : h->used + 1;
-  lua_pushvalue(L, id);
-  lua_rawseti(L, c.vals, 2 * (lua_Integer)s - 1);
+  s = slot_next(h);
+  if (id.kind == ID_LUA) {
+    lua_pushvalue(L, 4);
+    if (lua_rawget(L, c.index) != LUA_TNIL) return fall_back(L, &c, "insert", 4); /* already in */
+    lua_pop(L, 1);
+    if (!reserve(h, (size_t)s)) return luaL_error(L, "not enough memory");
+    lua_pushvalue(L, 4);
+    lua_rawseti(L, c.vals, 2 * (lua_Integer)s - 1);
+    lua_pushvalue(L, 4);
+    lua_pushinteger(L, (lua_Integer)s);
+    lua_rawset(L, c.index);
+  } else {
+    key = id_key(&id, &tag);
+    if (map_find(h, key, tag) != 0) return fall_back(L, &c, "insert", 4); /* already in */
+    if (!reserve(h, (size_t)s) || !map_reserve(h, h->mapcount + 1))
+      return luaL_error(L, "not enough memory");
+  }
   lua_pushvalue(L, 2);
   lua_rawseti(L, c.vals, 2 * (lua_Integer)s);
-  lua_pushvalue(L, id);
-  lua_pushinteger(L, (lua_Integer)s);
-  lua_rawset(L, c.index);
   /* Nothing below can fail. */
-  if (auto_id) h->cur += 1;
-  en.slot = slot_alloc(h);
+  if (lua_isnoneornil(L, 4)) h->cur += 1;
+  s = slot_alloc(h);
+  h->id[s] = id;
+  if (id.kind != ID_LUA) map_put(h, key, tag, s);
+  en.slot = s;
   heap_insert(h, en);
-  lua_settop(L, id);
+  if (id.kind == ID_LUA) lua_pushvalue(L, 4);
+  else push_id(L, &id);
   return 1;
 }
 
@@ -443,27 +653,17 @@ static int l_peek(lua_State *L) {
   return 1;
 }
 
-/* The slot of the id at index idx, or 0 when it is not in the heap. */
-static lua_Integer slot_of(lua_State *L, const Call *c, int idx) {
-  lua_Integer s;
-  lua_pushvalue(L, idx);
-  lua_rawget(L, c->index);
-  s = lua_tointeger(L, -1);
-  lua_pop(L, 1);
-  return s;
-}
-
 /* h:reprioritize(id, priority): nothing. */
 static int l_reprioritize(lua_State *L) {
   Call c;
   Heap *h;
-  lua_Integer s;
+  uint32_t s;
   size_t k;
   double d;
   int isint;
   if (!enter(L, 3, &c)) return stock_method(L, "reprioritize", 3);
   h = c.h;
-  if ((s = slot_of(L, &c, 2)) == 0) return 0; /* not in the heap */
+  if ((s = find_slot(L, &c, 2)) == 0) return 0; /* not in the heap */
   if (!get_num(L, 3, &d, &isint)) return fall_back(L, &c, "reprioritize", 3);
   k = h->pos[s];
   h->e[k].prio = d;
@@ -510,9 +710,9 @@ static int l_remove_index(lua_State *L) {
 /* h:remove(id): priority, item, id; nothing if the id is not in the heap. */
 static int l_remove(lua_State *L) {
   Call c;
-  lua_Integer s;
+  uint32_t s;
   if (!enter(L, 2, &c)) return stock_method(L, "remove", 2);
-  if ((s = slot_of(L, &c, 2)) == 0) return 0;
+  if ((s = find_slot(L, &c, 2)) == 0) return 0;
   return remove_at(L, &c, c.h->pos[s]);
 }
 
@@ -679,7 +879,7 @@ static int l_adopt(lua_State *L) {
   index = lua_gettop(L);
   lua_pushliteral(L, "current_id");
   lua_rawget(L, 1);
-  if (!get_num(L, -1, &cur, &isint)) return refuse(L);
+  if (!get_num(L, -1, &cur, &isint) || cur != cur) return refuse(L);
   lua_pop(L, 1);
   n = lua_rawlen(L, pri);
   if (lua_rawlen(L, ids) != n || n > MAX_SLOTS) return refuse(L);
@@ -687,12 +887,13 @@ static int l_adopt(lua_State *L) {
     return refuse(L);
   for (i = 1; i <= n; i++) {
     int it;
+    Id id;
     lua_rawgeti(L, pri, (lua_Integer)i);
     if (!get_num(L, -1, &d, &it)) return refuse(L);
     lua_pop(L, 1);
     lua_rawgeti(L, ids, (lua_Integer)i);
     if (lua_isnil(L, -1) || (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1))
-        || (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) != lua_tonumber(L, -1)))
+        || !get_id(L, -1, &id))
       return refuse(L);
     lua_rawget(L, index);
     if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) != (lua_Integer)i) return refuse(L);
@@ -717,6 +918,7 @@ static int l_adopt(lua_State *L) {
     lua_getiuservalue(L, ud, 2);
     for (i = 1; i <= n; i++) {
       Entry en;
+      Id id;
       int it;
       lua_rawgeti(L, pri, (lua_Integer)i);
       get_num(L, -1, &en.prio, &it);
@@ -726,11 +928,19 @@ static int l_adopt(lua_State *L) {
       h->e[i] = en;
       h->pos[i] = (uint32_t)i;
       lua_rawgeti(L, ids, (lua_Integer)i);
-      lua_pushvalue(L, -1);
-      lua_rawseti(L, ud + 2, 2 * (lua_Integer)i - 1);
-      lua_pushvalue(L, -1);
-      lua_pushinteger(L, (lua_Integer)i);
-      lua_rawset(L, ud + 1);
+      get_id(L, -1, &id);
+      h->id[i] = id;
+      if (id.kind == ID_LUA) {
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, ud + 2, 2 * (lua_Integer)i - 1);
+        lua_pushvalue(L, -1);
+        lua_pushinteger(L, (lua_Integer)i);
+        lua_rawset(L, ud + 1);
+      } else {
+        uint32_t tag;
+        uint64_t key = id_key(&id, &tag);
+        map_put(h, key, tag, (uint32_t)i);
+      }
       lua_rawget(L, items);
       lua_rawseti(L, ud + 2, 2 * (lua_Integer)i);
     }
