@@ -8,6 +8,7 @@
 --   brisk_util_jid = true             util.jid in C
 --   brisk_util_indexedbheap = true    util.indexedbheap in C, live heaps converted
 --   brisk_util_events = false         fire_event in C (off: it does not pay, see docs/util.md)
+--   brisk_util_walk_budget = 1000000  objects visited per walk of the Lua state (see brisk/walk.lua)
 --
 -- Loading patches the libraries, converts the live objects made before it
 -- (server_epoll's timer heap, prosody.events, each host's events) and
@@ -23,6 +24,7 @@ local opts = {
 	indexedbheap = module:get_option_boolean("brisk_util_indexedbheap", true);
 	events = module:get_option_boolean("brisk_util_events", false);
 	module_path = module.path;
+	budget = module:get_option_number("brisk_util_walk_budget", require "brisk.walk".default_budget);
 };
 
 -- mod_brisk_util's own closures hold nothing stock, but its environment
@@ -42,10 +44,10 @@ for name, where in pairs(report.adopted) do
 	adopted[#adopted + 1] = ("%s: %s"):format(name, list(where));
 end
 table.sort(adopted);
-module:log("info", "brisk.util %s installed: replaced %s; live objects converted: %s; rebound %d captured function(s) in: %s (%.0f ms%s)",
-	require "brisk.util".core("jid", module.path)._VERSION or "?",
-	list(report.replaced), list(adopted), report.rebound, list(report.where), took * 1000,
-	report.cut and ", walk budget exhausted: some copies left stock (still correct, slower)" or "");
+module:log("info", "brisk.util %s installed: replaced %s; live objects converted: %s; rebound %d captured function(s) in: %s (%d objects walked, %.0f ms%s)",
+	brisk_util.core("jid", module.path)._VERSION, list(report.replaced), list(adopted), report.rebound,
+	list(report.where), report.walked, took * 1000,
+	report.cut and "; walk budget exhausted: some copies left stock (still correct, slower)" or "");
 
 function module.unload()
 	for _, h in ipairs(handles) do

@@ -4,7 +4,8 @@
 -- brisk/util/<library>.lua; the C cores only export factories.
 --
 -- install{ jid = true, indexedbheap = true, events = true, rebind = true,
---          module_path = <for brisk.loader>, skip = { <values a walk leaves alone> } }
+--          module_path = <for brisk.loader>, skip = { <values a walk leaves alone> },
+--          budget = <objects per walk, default brisk.walk.default_budget> }
 -- patches the chosen libraries and, unless rebind is false, then
 --   1. walks the Lua state once (brisk.walk) for live objects made before
 --      (server_epoll's and util.timer's heaps, prosody.events, every
@@ -34,6 +35,22 @@ function M.glue(name)
 	return require("brisk.util." .. name);
 end
 
+-- A name for a live object found by the walk: the well-known ones by
+-- their place in `prosody`, others by the library or module they were
+-- reached from.
+local function describe(t, who)
+	local prosody = rawget(_G, "prosody");
+	if type(prosody) == "table" then
+		if rawget(prosody, "events") == t then return "prosody.events"; end
+		for name, host in pairs(type(prosody.hosts) == "table" and prosody.hosts or {}) do
+			if type(host) == "table" and rawget(host, "events") == t then
+				return ("hosts[%q].events"):format(tostring(name));
+			end
+		end
+	end
+	return who;
+end
+
 function M.install(opts)
 	opts = opts or {};
 	local handles = {};
@@ -58,12 +75,12 @@ function M.install(opts)
 					if h.claims(t) then return true; end
 				end
 				return false;
-			end, { skip = skip });
+			end, { skip = skip, budget = opts.budget });
 			report.walked, report.cut = visited, cut;
 			for _, f in ipairs(found) do
 				for _, h in ipairs(claimers) do
 					if h.claims(f[1]) then
-						h.adopt(f[1], f[2]);
+						h.adopt(f[1], describe(f[1], f[2]));
 						break;
 					end
 				end
@@ -74,7 +91,7 @@ function M.install(opts)
 		for _, h in ipairs(handles) do
 			for from, to in pairs(h.map) do map[from] = to; end
 		end
-		local n, where, visited, cut = walk.rebind(map, { skip = skip });
+		local n, where, visited, cut = walk.rebind(map, { skip = skip, budget = opts.budget });
 		report.rebound, report.where = n, where;
 		report.walked, report.cut = report.walked + visited, report.cut or cut;
 	end
@@ -92,7 +109,7 @@ function M.install(opts)
 					for from, to in pairs(h.map) do back[to] = from; end
 				end
 			end
-			back_report.rebound, back_report.where = walk.rebind(back, { skip = skip });
+			back_report.rebound, back_report.where = walk.rebind(back, { skip = skip, budget = opts.budget });
 		end
 		for i = #handles, 1, -1 do handles[i].undo(); end
 		return back_report;
