@@ -110,7 +110,9 @@ typedef struct Heap {
 /*
 ** Upvalues of every closure this module makes (one set per new() call):
 ** stock's method table, stock's metatable and the metatable of Brisk heap
-** tables. A heap's methods are closures of its own, with four more: the
+** tables (one per new() call, as its closures hold that call's stock
+** methods; unnamed, since a heap is a plain table: tostring(h) stays
+** stock's "table: 0x..."). A heap's methods are closures of its own, with four more: the
 ** heap table, its state and the state's two tables, so that a call on the
 ** heap they belong to finds its state without a lookup.
 */
@@ -833,7 +835,7 @@ static int plain_table_field(lua_State *L, int t, const char *k) {
 }
 
 static int refuse(lua_State *L) {
-  lua_pushboolean(L, 0);
+  luaL_pushfail(L);
   return 1;
 }
 
@@ -850,7 +852,7 @@ static size_t count_keys(lua_State *L, int t) {
 /*
 ** adopt(t): convert the stock heap t, in place, into a Brisk heap with the
 ** same entries at the same positions, ids, items and current_id. Returns
-** true, or false and leaves t alone when t is not a stock heap in a state
+** true, or fail and leaves t alone when t is not a stock heap in a state
 ** Brisk holds exactly (see the top of this file).
 */
 static int l_adopt(lua_State *L) {
@@ -958,12 +960,12 @@ static int l_adopt(lua_State *L) {
   return 1;
 }
 
-/* release(t): turn the Brisk heap t back into a stock heap; false if it is none. */
+/* release(t): turn the Brisk heap t back into a stock heap; fail if it is none. */
 static int l_release(lua_State *L) {
   Heap *h;
   lua_settop(L, 1);
   if (lua_type(L, 1) != LUA_TTABLE || (h = state_of(L)) == NULL) {
-    lua_pushboolean(L, 0);
+    luaL_pushfail(L);
     return 1;
   }
   degrade(L, 1, h, 2);
