@@ -180,6 +180,31 @@ describe("brisk.jid vs stock util.jid", function ()
 		assert_none(problems);
 	end);
 
+	it("never answers for a profile with whole-name rules", function ()
+		-- brisk.jid short-cuts pure-ASCII stringprep only for profiles whose
+		-- answers it has checked to be per character; made-up profiles with
+		-- IDNA-like whole-name rules must be asked every time.
+		local sp = require "brisk.prosody".lib("util.encodings").stringprep;
+		local rules = {
+			function (s) return not s:match("^%-") and not s:match("%-$"); end, -- hyphens
+			function (s) return #s <= 63; end,                                     -- label length
+			function (s) return not s:match("^xn%-%-") end,                        -- punycode prefix
+			function (s) return not s:match("%.%."); end,                          -- empty labels
+		};
+		for i, rule in ipairs(rules) do
+			local function nameprep(s, strict)
+				if not rule(s) then return nil; end
+				return sp.nameprep(s, strict);
+			end
+			local c = require "brisk.jid".new({ nodeprep = sp.nodeprep, nameprep = nameprep,
+				resourceprep = sp.resourceprep, stock = stock });
+			for _, host in ipairs({ "-host", "host-", ("h"):rep(70), "xn--host", "a..b", "host" }) do
+				local want = nameprep(host) and ("user@" .. host) or nil;
+				assert.equal(want, c.prep("user@" .. host), ("rule %d, host %s"):format(i, host));
+			end
+		end
+	end);
+
 	it("agrees on random JIDs", function ()
 		math.randomseed(SEED);
 		local pieces = {

@@ -28,9 +28,11 @@
 ** results side by side, and nil if any character fails. new() learns each
 ** profile's answer for every ASCII byte, strict and not, by calling the
 ** profile itself on that byte, then checks the rule on whole strings (all the
-** bytes that pass at once, and each failing byte between passing ones); a
-** profile that does not follow it is never short-cut. Parts of 1024 bytes or
-** more always go to the profile (util.encodings fails them).
+** bytes that pass at once, each failing byte between passing ones, and
+** names shaped like what IDNA-style whole-name rules reject: leading or
+** trailing hyphens, "xn--", empty labels, a 64-byte label); a profile that
+** does not follow it is never short-cut. Parts of 1024 bytes or more always
+** go to the profile (util.encodings fails them).
 */
 #include <string.h>
 
@@ -511,6 +513,41 @@ static int probe(lua_State *L, int fn, const char *s, size_t len, int strict) {
 }
 
 /*
+** Strings whose shape a profile with rules about whole names (IDNA's label
+** length, hyphens, "xn--" prefixes, empty labels) would treat differently
+** from their characters: each must come out as its characters do.
+*/
+static const char *const shapes[] = {
+  "-a", "a-", "a--b", "xn--a", "xn--", "XN--ZZ", "a..b", ".a", "a.", "..", "-", "0",
+  "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", /* 64 */
+  NULL
+};
+
+/* Does the profile give the per-character answer for s? */
+static int shape_ok(lua_State *L, int fn, int strict, const unsigned short *map, const char *s) {
+  char want[PREP_MAXLEN];
+  size_t len = strlen(s), i, rl;
+  int fail = 0, ok;
+  const char *r;
+  for (i = 0; i < len; i++) {
+    unsigned short m = map[(unsigned char)s[i]];
+    if (m == MAP_SLOW) return 1; /* never short-cut anyway */
+    if (m == MAP_FAIL) fail = 1;
+    else want[i] = (char)m;
+  }
+  if (!probe(L, fn, s, len, strict)) return 0;
+  if (fail) {
+    ok = lua_isnil(L, -1);
+  } else {
+    ok = lua_type(L, -1) == LUA_TSTRING;
+    r = lua_tolstring(L, -1, &rl);
+    ok = ok && rl == len && memcmp(r, want, len) == 0;
+  }
+  lua_pop(L, 1);
+  return ok;
+}
+
+/*
 ** Learn one profile's answer for every ASCII byte, then check that whole
 ** strings follow the per-character rule; any doubt leaves bytes MAP_SLOW.
 */
@@ -568,6 +605,13 @@ static void learn(lua_State *L, int fn, int strict, unsigned short *map) {
     }
     if (!lua_isnil(L, -1)) map[i] = MAP_SLOW;
     lua_pop(L, 1);
+  }
+  /* Whole-name rules: any sign of one, and the profile is never short-cut. */
+  for (i = 0; shapes[i] != NULL; i++) {
+    if (!shape_ok(L, fn, strict, map, shapes[i])) {
+      for (i = 0; i < 128; i++) map[i] = MAP_SLOW;
+      return;
+    }
   }
 }
 
