@@ -10,7 +10,8 @@ description = {
    summary = "Native C modules for the Prosody XMPP server",
    detailed = [[
       Brisk gives Prosody a libexpat stanza parser and C serializer
-      (mod_brisk_xml), compact binary storage of rosters and other
+      (mod_brisk_xml), C drop-ins for util.jid and util.indexedbheap
+      (mod_brisk_util), compact binary storage of rosters and other
       keyval/map stores in SQLite (mod_storage_brisk, C core brisk.store) and
       presence-triggered IoT event hooks with signed webhooks (mod_brisk_iot).
    ]],

@@ -10,8 +10,11 @@
 
 LOADGEN     := build/bench/loadgen
 LOADGEN_SRC := $(wildcard bench/loadgen/*.c)
+# Benchmark-only C code (bench/*.c), each its own shared object in
+# build/bench/, loaded by the benchmark that needs it; never installed.
+BENCH_SOS   := $(patsubst bench/%.c,build/bench/brisk_bench_%.so,$(wildcard bench/*.c))
 
-.PHONY: bench-loadgen bench-e2e bench-e2e-quick
+.PHONY: bench-loadgen bench-sos bench-e2e bench-e2e-quick
 
 bench-loadgen: $(LOADGEN)
 
@@ -21,10 +24,16 @@ $(LOADGEN): $(LOADGEN_SRC) bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -D_GNU_SOURCE -o $@ $(LOADGEN_SRC) -lexpat
 
-bench: deps all $(LOADGEN)
+build/bench/brisk_bench_%.so: bench/%.c bench/bench.mk
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+
+bench-sos: $(BENCH_SOS)
+
+bench: deps all $(LOADGEN) $(BENCH_SOS)
 	@bench/run.sh
 
-bench-quick: deps all $(LOADGEN)
+bench-quick: deps all $(LOADGEN) $(BENCH_SOS)
 	@bench/run.sh --quick
 
 bench-e2e: deps all $(LOADGEN)

@@ -47,6 +47,7 @@ modules_enabled = {
 	"roster"; "saslauth"; "disco"; "carbons"; "pep"; "private"; "vcard";
 	"version"; "uptime"; "time"; "ping"; "register"; "admin_shell";
 	"brisk_xml"; -- Brisk: C stanza parser and serializer (global module)
+	"brisk_util"; -- Brisk: util.jid and server_epoll's timer heap in C (global module)
 }
 modules_disabled = { "s2s"; "tls" }
 

@@ -23,6 +23,9 @@ local label = os.getenv("BRISK_UPSTREAM_LABEL") or ("upstream-" .. version);
 local SPECS = {
 	{ "util_stanza_spec.lua" },
 	{ "util_xmppstream_spec.lua" },
+	{ "util_jid_spec.lua" },
+	{ "util_indexedbheap_spec.lua" },
+	{ "util_events_spec.lua" },
 	-- Brisk has no archive stores: those tests are not run for either.
 	{ "core_storagemanager_spec.lua", "--filter-out=archive" },
 };
@@ -42,8 +45,9 @@ local function run(spec, opts, target)
 	local dir = sh("mktemp -d /tmp/brisk-upstream-XXXXXX"):gsub("%s+$", "");
 	-- Under make test-asan, lua5.4 gets the sanitizer runtime (see run-specs.sh).
 	local preload = os.getenv("BRISK_ASAN_PRELOAD") or "";
-	local cmd = ("cd %s && mkdir data && BRISK_UPSTREAM=%s LD_PRELOAD=%s lua5.4 /usr/bin/busted --helper=%s %s -o json %s 2>&1"):format(
+	local cmd = ("cd %s && mkdir data && BRISK_UPSTREAM=%s LD_PRELOAD=%s lua5.4 /usr/bin/busted --helper=%s %s -o %s %s 2>&1"):format(
 		q(dir), target, q(preload), q(root .. "/spec/helpers/upstream.lua"), opts or "",
+		q(root .. "/spec/helpers/upstream_output.lua"),
 		q(("%s/spec/upstream/%s/%s"):format(root, release, spec)));
 	local out = sh(cmd);
 	os.execute("rm -rf " .. q(dir));

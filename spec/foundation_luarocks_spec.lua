@@ -34,9 +34,10 @@ local function luarocks_make(src, tree)
 end
 
 -- Every Brisk module from the install: the parser and serializer carry the
--- chat, mod_storage_brisk stores the roster item, mod_brisk_iot sees bob.
+-- chat, mod_brisk_util's C util.jid and timer heap route it, mod_storage_brisk
+-- stores the roster item, mod_brisk_iot sees bob.
 local everything = {
-	modules = { "brisk_xml" };
+	modules = { "brisk_xml", "brisk_util" };
 	storage = { roster = "brisk" };
 	host_modules = { "brisk_iot" };
 };
@@ -44,6 +45,8 @@ local everything = {
 local function chat(srv)
 	local log = srv:log_text();
 	assert.truthy(log:match("mod_brisk_xml\tinfo\t"), "mod_brisk_xml did not load:\n" .. log);
+	assert.truthy(log:match("mod_brisk_util\tinfo\tbrisk%.util [^\n]*installed: replaced util%.jid, util%.indexedbheap"),
+		"mod_brisk_util did not load:\n" .. log);
 	local alice = srv:connect("alice", "pw", "a");
 	local set = alice:iq(st.iq({ type = "set", id = "r1" }):tag("query", { xmlns = "jabber:iq:roster" })
 		:tag("item", { jid = "bob@localhost" }));

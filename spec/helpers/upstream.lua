@@ -5,6 +5,9 @@
 -- test suite does; BRISK_UPSTREAM=brisk with Brisk in its place:
 --   util_stanza, util_xmppstream: brisk.xml installed first (its parser and
 --     serializer replace stock's in util.xmppstream and util.stanza);
+--   util_jid, util_indexedbheap, util_events: brisk.util installed first,
+--     all three libraries (util.jid's functions, util.indexedbheap.create
+--     and util.events.new are Brisk's);
 --   core_storagemanager: the spec's `configs` table (its list of drivers
 --     under test) replaced by the brisk driver alone.
 -- Either way the storage spec finds drivers through CFG_PLUGINDIR: Brisk's
@@ -22,6 +25,9 @@ _G.CFG_PLUGINDIR = lualib .. ";" .. core:gsub("core/storagemanager%.lua$", "modu
 if target == "brisk" then
 	local replaced = select(2, require "brisk.xml".install());
 	assert(#replaced == 2, "brisk.xml.install() replaced only: " .. table.concat(replaced, ", "));
+	-- A spec process has no Prosody to rebind: only the libraries are patched.
+	local _, report = require "brisk.util".install({ jid = true, indexedbheap = true, events = true, rebind = false });
+	assert(#report.replaced == 3, "brisk.util.install() replaced only: " .. table.concat(report.replaced, ", "));
 end
 
 -- describe("storagemanager", fn) registers fn before busted runs it; fn's
