@@ -1,4 +1,4 @@
--- brisk.walk — finding what Prosody captured before Brisk loaded.
+-- brisk.patch.walk — finding what Prosody captured before Brisk loaded.
 --
 -- Prosody's libraries and modules copy library functions into locals when
 -- they load (`local jid_split = require "util.jid".split`), and keep objects
