@@ -23,7 +23,7 @@ int luaopen_brisk_presence(lua_State *L);
 static int oracle(const int16_t *t, int n, const char *s, size_t len) {
   size_t i;
   if (n == 0) return len == 0;
-  if (t[0] == BRISK_GLOB_STAR) {
+  if (t[0] == PRESENCE_GLOB_STAR) {
     for (i = 0; i <= len; i++) {
       if (i > 0 && i < len && ((unsigned char)s[i] & 0xC0) == 0x80) continue;
       if (oracle(t + 1, n - 1, s + i, len - i)) return 1;
@@ -31,7 +31,7 @@ static int oracle(const int16_t *t, int n, const char *s, size_t len) {
     return 0;
   }
   if (len == 0) return 0;
-  if (t[0] == BRISK_GLOB_ANY) {
+  if (t[0] == PRESENCE_GLOB_ANY) {
     i = 1;
     while (i < len && ((unsigned char)s[i] & 0xC0) == 0x80) i++;
     return oracle(t + 1, n - 1, s + i, len - i);
@@ -114,11 +114,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   plen = (size_t)(nl1 - d);
   nl2 = memchr(nl1 + 1, '\n', size - plen - 1);
   slen = nl2 ? (size_t)(nl2 - nl1 - 1) : size - plen - 1;
-  if (plen <= BRISK_GLOB_MAXLEN) {
+  if (plen <= PRESENCE_GLOB_MAXLEN) {
     tok = malloc((plen + 2) * sizeof(int16_t));
-    n = brisk_presence_glob_compile(d, plen, tok, &err);
+    n = presence_glob_compile(d, plen, tok, &err);
     if (n >= 0 && slen <= 64) {
-      int a = brisk_presence_glob_match(tok, n, nl1 + 1, slen);
+      int a = presence_glob_match(tok, n, nl1 + 1, slen);
       int b = oracle(tok, n, nl1 + 1, slen);
       if (a != b) abort();
     } else if (n < 0 && err == NULL) {

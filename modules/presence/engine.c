@@ -14,7 +14,7 @@
 #include <string.h>
 #include "presence.h"
 
-#define ENGINE_META "brisk.presence.engine"
+#define ENGINE_META "brisk.presence.Engine"
 
 enum { K_NONE, K_ONLINE, K_OFFLINE, K_STATE, K_FLAPPING, K_SILENT, K_COUNT };
 static const char *const kind_names[] = {
@@ -327,7 +327,7 @@ static int selected(Engine *e, const char *jid, size_t len) {
   int i;
   if (e->nsels == 0) return 1;
   for (i = 0; i < e->nsels; i++)
-    if (brisk_presence_glob_match(e->sel[i], e->nsel[i], jid, len)) return 1;
+    if (presence_glob_match(e->sel[i], e->nsel[i], jid, len)) return 1;
   return 0;
 }
 
@@ -406,7 +406,7 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
   if (di == UINT32_MAX - 1) luaL_error(L, "brisk.presence: too many devices");
   for (r = 0; r < e->nrules; r++)
     if (!e->rules[r].tok ||
-        brisk_presence_glob_match(e->rules[r].tok, e->rules[r].ntok, jid, len))
+        presence_glob_match(e->rules[r].tok, e->rules[r].ntok, jid, len))
       m |= 1ULL << r;
   if ((uint64_t)(e->ndev + 1) * 4 > (uint64_t)e->capindex * 3) index_grow(L, e);
   if (di / DEV_CHUNK >= e->nchunks) {
@@ -555,7 +555,7 @@ static double check_time(lua_State *L, int arg) {
 
 static const char *check_jid(lua_State *L, int arg, size_t *len) {
   const char *s = luaL_checklstring(L, arg, len);
-  luaL_argcheck(L, *len > 0 && *len <= BRISK_GLOB_MAXLEN, arg, "bad JID length");
+  luaL_argcheck(L, *len > 0 && *len <= PRESENCE_GLOB_MAXLEN, arg, "bad JID length");
   return s;
 }
 
@@ -564,7 +564,7 @@ static const char *check_jid(lua_State *L, int arg, size_t *len) {
 ** Feed the device's aggregate presence. Returns the number of events
 ** queued, or nil when jid is not a device of this engine.
 */
-static int eng_update(lua_State *L) {
+static int l_update(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len, sl = 0, pl = 0, shl = 0;
   const char *jid = check_jid(L, 2, &len);
@@ -604,7 +604,7 @@ static int eng_update(lua_State *L) {
 
 /* engine:touch(jid, now): activity from the device (resets silence).
 ** Returns true when jid is a tracked device. */
-static int eng_touch(lua_State *L) {
+static int l_touch(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len;
   const char *jid = check_jid(L, 2, &len);
@@ -626,7 +626,7 @@ static int eng_touch(lua_State *L) {
 ** engine:tick(now): fire every debounce and silence step due by now, in
 ** order of due time. Returns the number of events queued.
 */
-static int eng_tick(lua_State *L) {
+static int l_tick(lua_State *L) {
   Engine *e = check_engine(L);
   uint32_t now = clock_cs(e, check_time(L, 2));
   uint32_t before = e->nev - e->evhead;
@@ -689,7 +689,7 @@ static void push_state(lua_State *L, const Device *d) {
 }
 
 /* engine:pop() -> the oldest queued event as a table, or nil. */
-static int eng_pop(lua_State *L) {
+static int l_pop(lua_State *L) {
   Engine *e = check_engine(L);
   Event *ev;
   Device *d;
@@ -740,14 +740,14 @@ static int eng_pop(lua_State *L) {
 }
 
 /* engine:pending() -> number of queued events. */
-static int eng_pending(lua_State *L) {
+static int l_pending(lua_State *L) {
   Engine *e = check_engine(L);
   lua_pushinteger(L, e->nev - e->evhead);
   return 1;
 }
 
 /* engine:next_due() -> caller's clock time of the earliest timer, or nil. */
-static int eng_next_due(lua_State *L) {
+static int l_next_due(lua_State *L) {
   Engine *e = check_engine(L);
   if (e->nheap == 0) { lua_pushnil(L); return 1; }
   lua_pushnumber(L, e->epoch + e->heap[0].due / 100.0);
@@ -778,7 +778,7 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
 }
 
 /* engine:get(jid) -> a table describing the device, or nil. */
-static int eng_get(lua_State *L) {
+static int l_get(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len;
   const char *jid = check_jid(L, 2, &len);
@@ -789,7 +789,7 @@ static int eng_get(lua_State *L) {
 }
 
 /* engine:device(i) -> the i-th device (1-based, creation order), or nil. */
-static int eng_device(lua_State *L) {
+static int l_device(lua_State *L) {
   Engine *e = check_engine(L);
   lua_Integer i = luaL_checkinteger(L, 2);
   if (i < 1 || (lua_Unsigned)i > e->ndev) { lua_pushnil(L); return 1; }
@@ -798,7 +798,7 @@ static int eng_device(lua_State *L) {
 }
 
 /* engine:stats() -> counts and memory. */
-static int eng_stats(lua_State *L) {
+static int l_stats(lua_State *L) {
   Engine *e = check_engine(L);
   uint32_t i, known = 0;
   for (i = 0; i < e->ndev; i++)
@@ -816,13 +816,13 @@ static int eng_stats(lua_State *L) {
 }
 
 /* engine:memory() -> bytes allocated by the engine (all of it). */
-static int eng_memory(lua_State *L) {
+static int l_memory(lua_State *L) {
   Engine *e = check_engine(L);
   lua_pushinteger(L, (lua_Integer)e->bytes);
   return 1;
 }
 
-static int eng_gc(lua_State *L) {
+static int l_gc(lua_State *L) {
   Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
   uint32_t i;
   int r;
@@ -850,10 +850,10 @@ static int16_t *compile_top(lua_State *L, Engine *e, int *ntok,
   if (lua_type(L, -1) != LUA_TSTRING)
     luaL_error(L, "%s: pattern must be a string", what);
   p = lua_tolstring(L, -1, &len);
-  if (len > BRISK_GLOB_MAXLEN)
+  if (len > PRESENCE_GLOB_MAXLEN)
     luaL_error(L, "%s: bad pattern: pattern too long", what);
   tok = (int16_t *)eng_realloc(L, e, NULL, 0, (len + 2) * sizeof(int16_t));
-  *ntok = brisk_presence_glob_compile(p, len, tok, &err);
+  *ntok = presence_glob_compile(p, len, tok, &err);
   if (*ntok < 0) {
     eng_realloc(L, e, tok, (len + 2) * sizeof(int16_t), 0);
     luaL_error(L, "%s: bad pattern '%s': %s", what, p, err);
@@ -963,7 +963,7 @@ static void read_rule(lua_State *L, Engine *e, int t, int r) {
 ** within=, name=}, ... }, devices = { glob, ... } }
 ** Raises an error naming the rule and the problem on a bad rule.
 */
-static int eng_new(lua_State *L) {
+static int l_new(lua_State *L) {
   Engine *e;
   int r, n;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -1008,28 +1008,28 @@ static int eng_new(lua_State *L) {
 }
 
 static const luaL_Reg engine_methods[] = {
-  {"update", eng_update},
-  {"touch", eng_touch},
-  {"tick", eng_tick},
-  {"pop", eng_pop},
-  {"pending", eng_pending},
-  {"next_due", eng_next_due},
-  {"get", eng_get},
-  {"device", eng_device},
-  {"stats", eng_stats},
-  {"memory", eng_memory},
+  {"update", l_update},
+  {"touch", l_touch},
+  {"tick", l_tick},
+  {"pop", l_pop},
+  {"pending", l_pending},
+  {"next_due", l_next_due},
+  {"get", l_get},
+  {"device", l_device},
+  {"stats", l_stats},
+  {"memory", l_memory},
   {NULL, NULL}
 };
 
-void brisk_presence_open_engine(lua_State *L, int mod) {
+void presence_open_engine(lua_State *L, int mod) {
   luaL_newmetatable(L, ENGINE_META);
   luaL_newlib(L, engine_methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, eng_gc);
+  lua_pushcfunction(L, l_gc);
   lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, eng_gc);
+  lua_pushcfunction(L, l_gc);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
-  lua_pushcfunction(L, eng_new);
+  lua_pushcfunction(L, l_new);
   lua_setfield(L, mod, "new");
 }

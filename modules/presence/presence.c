@@ -8,9 +8,9 @@ BRISK_EXPORT int luaopen_brisk_presence(lua_State *L) {
   int mod;
   lua_newtable(L);
   mod = lua_gettop(L);
-  brisk_presence_open_glob(L, mod);
-  brisk_presence_open_engine(L, mod);
-  brisk_presence_open_sign(L, mod);
+  presence_open_glob(L, mod);
+  presence_open_engine(L, mod);
+  presence_open_sign(L, mod);
   brisk_set_version(L);
   return 1;
 }
