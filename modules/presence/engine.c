@@ -125,7 +125,7 @@ static void *eng_realloc(lua_State *L, Engine *e, void *p, size_t old,
   void *q;
   if (sz == 0) { free(p); e->bytes -= old; return NULL; }
   q = realloc(p, sz);
-  if (q == NULL) luaL_error(L, "brisk.presence: out of memory");
+  if (q == NULL) brisk_raise(L, "brisk.presence: out of memory");
   e->bytes = e->bytes - old + sz;
   return q;
 }
@@ -136,7 +136,7 @@ static void *grow(lua_State *L, Engine *e, void *p, uint32_t *cap,
   uint32_t c = *cap;
   if (need <= c) return p;
   if (need > UINT32_MAX / 2 || (size_t)need * elem / elem != need)
-    luaL_error(L, "brisk.presence: too many entries");
+    brisk_raise(L, "brisk.presence: too many entries");
   if (c == 0) c = first;
   while (c < need) c = c + c / 2 + 1;
   p = eng_realloc(L, e, p, (size_t)*cap * elem, (size_t)c * elem);
@@ -280,7 +280,6 @@ static void schedule(lua_State *L, Engine *e, uint32_t di, Device *d) {
                               sizeof(HeapEntry), 64);
   e->heap[e->nheap].due = due;
   e->heap[e->nheap].dev = di;
-  d = dev_at(e, di);
   e->nheap++;
   heap_up(e, e->nheap - 1);
 }
@@ -335,7 +334,7 @@ static uint16_t mask_id(lua_State *L, Engine *e, uint64_t m) {
   uint32_t i;
   for (i = 0; i < e->nmasks; i++)
     if (e->masks[i] == m) return (uint16_t)i;
-  if (e->nmasks >= 65535) luaL_error(L, "brisk.presence: too many distinct rule sets");
+  if (e->nmasks >= 65535) brisk_raise(L, "brisk.presence: too many distinct rule sets");
   e->masks = (uint64_t *)grow(L, e, e->masks, &e->capmasks, e->nmasks + 1,
                               sizeof(uint64_t), 8);
   e->masks[e->nmasks] = m;
@@ -403,7 +402,7 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
   uint64_t m = 0;
   Device *d;
   int r;
-  if (di == UINT32_MAX - 1) luaL_error(L, "brisk.presence: too many devices");
+  if (di == UINT32_MAX - 1) brisk_raise(L, "brisk.presence: too many devices");
   for (r = 0; r < e->nrules; r++)
     if (!e->rules[r].tok ||
         presence_glob_match(e->rules[r].tok, e->rules[r].ntok, jid, len))
@@ -543,7 +542,7 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
 
 static Engine *check_engine(lua_State *L) {
   Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
-  if (e->slot == 0) luaL_error(L, "brisk.presence: engine is closed");
+  if (e->slot == 0) brisk_raise(L, "brisk.presence: engine is closed");
   return e;
 }
 
@@ -848,15 +847,15 @@ static int16_t *compile_top(lua_State *L, Engine *e, int *ntok,
   const char *p, *err = NULL;
   int16_t *tok;
   if (lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "%s: pattern must be a string", what);
+    brisk_raise(L, "%s: pattern must be a string", what);
   p = lua_tolstring(L, -1, &len);
   if (len > PRESENCE_GLOB_MAXLEN)
-    luaL_error(L, "%s: bad pattern: pattern too long", what);
+    brisk_raise(L, "%s: bad pattern: pattern too long", what);
   tok = (int16_t *)eng_realloc(L, e, NULL, 0, (len + 2) * sizeof(int16_t));
   *ntok = presence_glob_compile(p, len, tok, &err);
   if (*ntok < 0) {
     eng_realloc(L, e, tok, (len + 2) * sizeof(int16_t), 0);
-    luaL_error(L, "%s: bad pattern '%s': %s", what, p, err);
+    brisk_raise(L, "%s: bad pattern '%s': %s", what, p, err);
   }
   return tok;
 }
@@ -870,7 +869,7 @@ static double opt_number_field(lua_State *L, int t, const char *k, double def,
   v = lua_tonumberx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || !isfinite(v) || v < 0 || v > MAX_AFTER)
-    luaL_error(L, "%s: '%s' must be a number of seconds between 0 and %f",
+    brisk_raise(L, "%s: '%s' must be a number of seconds between 0 and %f",
                what, k, MAX_AFTER);
   return v;
 }
@@ -907,8 +906,8 @@ static void read_rule(lua_State *L, Engine *e, int t, int r) {
   for (kind = K_ONLINE; kind < K_COUNT; kind++)
     if (on && strcmp(on, kind_names[kind]) == 0) break;
   if (kind == K_COUNT) {
-    if (on) luaL_error(L, "%s: unknown event '%s' (expected online, offline, state, flapping or silent)", what, on);
-    luaL_error(L, "%s: missing 'on' (the event: online, offline, state, flapping or silent)", what);
+    if (on) brisk_raise(L, "%s: unknown event '%s' (expected online, offline, state, flapping or silent)", what, on);
+    brisk_raise(L, "%s: missing 'on' (the event: online, offline, state, flapping or silent)", what);
   }
   lua_pop(L, 1);
   ru->kind = (uint8_t)kind;
@@ -918,11 +917,11 @@ static void read_rule(lua_State *L, Engine *e, int t, int r) {
   after = opt_number_field(L, t, "after", 0, what);
   ru->after = to_cs(after);
   if (after > 0 && ru->after == 0)
-    luaL_error(L, "%s: 'after' below the engine's resolution of 0.01 s", what);
+    brisk_raise(L, "%s: 'after' below the engine's resolution of 0.01 s", what);
   if (kind == K_SILENT) {
     int i;
     if (ru->after == 0)
-      luaL_error(L, "%s: a silent rule needs 'after' (seconds without presence or activity)", what);
+      brisk_raise(L, "%s: a silent rule needs 'after' (seconds without presence or activity)", what);
     i = add_step(e->sil, e->silmask, &e->nsil, ru->after);
     e->silmask[i] |= 1ULL << r;
   } else if (kind == K_FLAPPING) {
@@ -932,17 +931,17 @@ static void read_rule(lua_State *L, Engine *e, int t, int r) {
     n = lua_tointegerx(L, -1, &isint);
     lua_pop(L, 1);
     if (!isint || n < 2 || n > MAX_RING)
-      luaL_error(L, "%s: a flapping rule needs 'transitions', an integer from 2 to %d", what, MAX_RING);
+      brisk_raise(L, "%s: a flapping rule needs 'transitions', an integer from 2 to %d", what, MAX_RING);
     within = opt_number_field(L, t, "within", 0, what);
     if (to_cs(within) == 0)
-      luaL_error(L, "%s: a flapping rule needs 'within' (seconds)", what);
+      brisk_raise(L, "%s: a flapping rule needs 'within' (seconds)", what);
     if (ru->after)
-      luaL_error(L, "%s: 'after' does not apply to flapping rules", what);
+      brisk_raise(L, "%s: 'after' does not apply to flapping rules", what);
     for (k = 0; k < e->ndet; k++)
       if (e->det_n[k] == (uint32_t)n && e->det_within[k] == to_cs(within)) break;
     if (k == e->ndet) {
       if (e->ndet == MAX_DETECTORS)
-        luaL_error(L, "%s: more than %d distinct (transitions, within) pairs", what, MAX_DETECTORS);
+        brisk_raise(L, "%s: more than %d distinct (transitions, within) pairs", what, MAX_DETECTORS);
       e->det_n[k] = (uint32_t)n;
       e->det_within[k] = to_cs(within);
       e->ndet++;
@@ -977,10 +976,10 @@ static int l_new(lua_State *L) {
   if (!lua_isnil(L, -1)) {
     luaL_checktype(L, -1, LUA_TTABLE);
     n = (int)luaL_len(L, -1);
-    if (n > MAX_RULES) luaL_error(L, "at most %d rules", MAX_RULES);
+    if (n > MAX_RULES) return luaL_error(L, "at most %d rules", MAX_RULES);
     for (r = 0; r < n; r++) {
       lua_rawgeti(L, -1, r + 1);
-      if (!lua_istable(L, -1)) luaL_error(L, "rule #%d: not a table", r + 1);
+      if (!lua_istable(L, -1)) return luaL_error(L, "rule #%d: not a table", r + 1);
       read_rule(L, e, lua_gettop(L), r);
       e->nrules = r + 1;
       lua_pop(L, 1);
