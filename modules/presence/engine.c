@@ -10,7 +10,6 @@
 ** Events are queued inside the engine and taken out with engine:pop().
 */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #include "presence.h"
 
@@ -81,9 +80,15 @@ typedef struct Event {
   uint8_t count;      /* flapping: transitions seen within the window */
 } Event;
 
-typedef struct Rule {
-  int16_t *tok;       /* compiled match glob, NULL = every device */
+/* A compiled JID glob in a block of its own ("size" bytes). */
+typedef struct Match {
+  int16_t *tok;       /* NULL: matches every device */
   int ntok;
+  size_t size;
+} Match;
+
+typedef struct Rule {
+  Match match;
   uint8_t kind;
   uint8_t det;        /* flapping detector index */
   uint32_t after;     /* cs */
@@ -106,7 +111,7 @@ typedef struct Engine {
   /* distinct rule sets, so that a device stores 16 bits and not 64 */
   uint64_t *masks; uint32_t nmasks, capmasks;
   /* selection: devices are the JIDs matching any of these (all if none) */
-  int16_t **sel; int *nsel; int nsels;
+  Match *sel; int nsels, capsels;
   /* rules and the tables derived from them */
   Rule rules[MAX_RULES]; int nrules;
   uint64_t immmask[K_COUNT];                 /* after == 0, by kind */
@@ -120,11 +125,17 @@ typedef struct Engine {
 
 /* ---------------------------------------------------------------- memory */
 
+/*
+** Every block the engine owns comes from the Lua state's allocator, is
+** counted in e->bytes and is given back by l_gc with the size it has.
+** Resize p from old to sz bytes (sz 0 frees it). Out of memory raises and
+** leaves p as it was, still owned by whoever points to it.
+*/
 static void *eng_realloc(lua_State *L, Engine *e, void *p, size_t old,
                          size_t sz) {
   void *q;
-  if (sz == 0) { free(p); e->bytes -= old; return NULL; }
-  q = realloc(p, sz);
+  if (sz == 0) { brisk_free(L, p, old); e->bytes -= old; return NULL; }
+  q = brisk_alloc(L, p, old, sz);
   if (q == NULL) brisk_raise(L, "brisk.presence: out of memory");
   e->bytes = e->bytes - old + sz;
   return q;
@@ -326,7 +337,7 @@ static int selected(Engine *e, const char *jid, size_t len) {
   int i;
   if (e->nsels == 0) return 1;
   for (i = 0; i < e->nsels; i++)
-    if (presence_glob_match(e->sel[i], e->nsel[i], jid, len)) return 1;
+    if (presence_glob_match(e->sel[i].tok, e->sel[i].ntok, jid, len)) return 1;
   return 0;
 }
 
@@ -404,8 +415,8 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
   int r;
   if (di == UINT32_MAX - 1) brisk_raise(L, "brisk.presence: too many devices");
   for (r = 0; r < e->nrules; r++)
-    if (!e->rules[r].tok ||
-        presence_glob_match(e->rules[r].tok, e->rules[r].ntok, jid, len))
+    if (!e->rules[r].match.tok ||
+        presence_glob_match(e->rules[r].match.tok, e->rules[r].match.ntok, jid, len))
       m |= 1ULL << r;
   if ((uint64_t)(e->ndev + 1) * 4 > (uint64_t)e->capindex * 3) index_grow(L, e);
   if (di / DEV_CHUNK >= e->nchunks) {
@@ -825,39 +836,47 @@ static int l_gc(lua_State *L) {
   Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
   uint32_t i;
   int r;
-  for (i = 0; i < e->nchunks; i++) free(e->chunks[i]);
-  for (i = 0; i < e->nnames; i++) free(e->names[i]);
-  free(e->chunks); free(e->names); free(e->index); free(e->heap);
-  free(e->ev); free(e->masks);
+  for (i = 0; i < e->nchunks; i++)
+    eng_realloc(L, e, e->chunks[i], (size_t)DEV_CHUNK * e->slot, 0);
+  for (i = 0; i < e->nnames; i++) eng_realloc(L, e, e->names[i], NAME_CHUNK, 0);
+  eng_realloc(L, e, e->chunks, (size_t)e->capchunks * sizeof *e->chunks, 0);
+  eng_realloc(L, e, e->names, (size_t)e->capnames * sizeof *e->names, 0);
+  eng_realloc(L, e, e->index, (size_t)e->capindex * sizeof *e->index, 0);
+  eng_realloc(L, e, e->heap, (size_t)e->capheap * sizeof *e->heap, 0);
+  eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof *e->ev, 0);
+  eng_realloc(L, e, e->masks, (size_t)e->capmasks * sizeof *e->masks, 0);
   /* All slots, not just nrules: a rule that failed validation half-way
   ** may already own its compiled pattern. */
-  for (r = 0; r < MAX_RULES; r++) free(e->rules[r].tok);
-  for (r = 0; r < e->nsels; r++) free(e->sel[r]);
-  free(e->sel); free(e->nsel);
+  for (r = 0; r < MAX_RULES; r++)
+    eng_realloc(L, e, e->rules[r].match.tok, e->rules[r].match.size, 0);
+  for (r = 0; r < e->nsels; r++) eng_realloc(L, e, e->sel[r].tok, e->sel[r].size, 0);
+  eng_realloc(L, e, e->sel, (size_t)e->capsels * sizeof *e->sel, 0);
   memset(e, 0, sizeof *e);
   return 0;
 }
 
 /* ------------------------------------------------------ Lua: construction */
 
-/* Compile the glob at the top of the stack into a fresh allocation. */
-static int16_t *compile_top(lua_State *L, Engine *e, int *ntok,
-                            const char *what) {
+/* Compile the glob at the top of the stack into m, a fresh allocation. */
+static void compile_top(lua_State *L, Engine *e, Match *m, const char *what) {
   size_t len;
   const char *p, *err = NULL;
   int16_t *tok;
+  int n;
   if (lua_type(L, -1) != LUA_TSTRING)
     brisk_raise(L, "%s: pattern must be a string", what);
   p = lua_tolstring(L, -1, &len);
   if (len > PRESENCE_GLOB_MAXLEN)
     brisk_raise(L, "%s: bad pattern: pattern too long", what);
   tok = (int16_t *)eng_realloc(L, e, NULL, 0, (len + 2) * sizeof(int16_t));
-  *ntok = presence_glob_compile(p, len, tok, &err);
-  if (*ntok < 0) {
+  n = presence_glob_compile(p, len, tok, &err);
+  if (n < 0) {
     eng_realloc(L, e, tok, (len + 2) * sizeof(int16_t), 0);
     brisk_raise(L, "%s: bad pattern '%s': %s", what, p, err);
   }
-  return tok;
+  m->tok = tok;
+  m->ntok = n;
+  m->size = (len + 2) * sizeof(int16_t);
 }
 
 static double opt_number_field(lua_State *L, int t, const char *k, double def,
@@ -912,7 +931,7 @@ static void read_rule(lua_State *L, Engine *e, int t, int r) {
   lua_pop(L, 1);
   ru->kind = (uint8_t)kind;
   lua_getfield(L, t, "match");
-  if (!lua_isnil(L, -1)) ru->tok = compile_top(L, e, &ru->ntok, what);
+  if (!lua_isnil(L, -1)) compile_top(L, e, &ru->match, what);
   lua_pop(L, 1);
   after = opt_number_field(L, t, "after", 0, what);
   ru->after = to_cs(after);
@@ -991,11 +1010,11 @@ static int l_new(lua_State *L) {
     luaL_checktype(L, -1, LUA_TTABLE);
     n = (int)luaL_len(L, -1);
     if (n > 0) {
-      e->sel = (int16_t **)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(int16_t *));
-      e->nsel = (int *)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(int));
+      e->sel = (Match *)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(Match));
+      e->capsels = n;
       for (r = 0; r < n; r++) {
         lua_rawgeti(L, -1, r + 1);
-        e->sel[r] = compile_top(L, e, &e->nsel[r], "devices");
+        compile_top(L, e, &e->sel[r], "devices");
         e->nsels = r + 1;
         lua_pop(L, 1);
       }
