@@ -176,7 +176,7 @@ describe("brisk.presence engine", function ()
 		-- Offline devices are not silent.
 		e:update("s@h", 800, false); drain(e);
 		assert.equal(0, e:tick(900));
-		assert.is_false(e:touch("nobody@h", 900));
+		assert.is_nil(e:touch("nobody@h", 900));
 	end);
 
 	it("fires timers in due order across devices", function ()

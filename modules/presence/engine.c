@@ -572,7 +572,7 @@ static const char *check_jid(lua_State *L, int arg, size_t *len) {
 /*
 ** engine:update(jid, now, available, show, status, priority, payload)
 ** Feed the device's aggregate presence. Returns the number of events
-** queued, or nil when jid is not a device of this engine.
+** queued, or fail when jid is not a device of this engine.
 */
 static int l_update(lua_State *L) {
   Engine *e = check_engine(L);
@@ -613,7 +613,7 @@ static int l_update(lua_State *L) {
 }
 
 /* engine:touch(jid, now): activity from the device (resets silence).
-** Returns true when jid is a tracked device. */
+** Returns true when jid is a tracked device, fail when it is not. */
 static int l_touch(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len;
@@ -621,7 +621,7 @@ static int l_touch(lua_State *L) {
   uint32_t now = clock_cs(e, check_time(L, 3));
   uint32_t di = lookup(e, jid, len);
   Device *d;
-  if (di == UINT32_MAX) { lua_pushboolean(L, 0); return 1; }
+  if (di == UINT32_MAX) { luaL_pushfail(L); return 1; }
   d = dev_at(e, di);
   if (d->seen != now || d->sidx != 0) {
     d->seen = now;
@@ -698,7 +698,7 @@ static void push_state(lua_State *L, const Device *d) {
                     : (d->flags & F_ONLINE) ? "online" : "offline");
 }
 
-/* engine:pop() -> the oldest queued event as a table, or nil. */
+/* engine:pop() -> the oldest queued event as a table, or fail. */
 static int l_pop(lua_State *L) {
   Engine *e = check_engine(L);
   Event *ev;
@@ -706,7 +706,7 @@ static int l_pop(lua_State *L) {
   size_t len;
   const char *jid;
   int r, n = 0;
-  if (e->evhead == e->nev) { lua_pushnil(L); return 1; }
+  if (e->evhead == e->nev) { luaL_pushfail(L); return 1; }
   ev = &e->ev[e->evhead++];
   d = dev_at(e, ev->dev);
   jid = dev_name(e, d, &len);
@@ -756,10 +756,10 @@ static int l_pending(lua_State *L) {
   return 1;
 }
 
-/* engine:next_due() -> caller's clock time of the earliest timer, or nil. */
+/* engine:next_due() -> caller's clock time of the earliest timer, or fail. */
 static int l_next_due(lua_State *L) {
   Engine *e = check_engine(L);
-  if (e->nheap == 0) { lua_pushnil(L); return 1; }
+  if (e->nheap == 0) { luaL_pushfail(L); return 1; }
   lua_pushnumber(L, e->epoch + e->heap[0].due / 100.0);
   return 1;
 }
@@ -787,13 +787,13 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
   lua_pushboolean(L, flap); lua_setfield(L, -2, "flapping");
 }
 
-/* engine:get(jid) -> a table describing the device, or nil. */
+/* engine:get(jid) -> a table describing the device, or fail. */
 static int l_get(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len;
   const char *jid = check_jid(L, 2, &len);
   uint32_t di = lookup(e, jid, len);
-  if (di == UINT32_MAX) { lua_pushnil(L); return 1; }
+  if (di == UINT32_MAX) { luaL_pushfail(L); return 1; }
   push_device(L, e, di);
   return 1;
 }
@@ -802,7 +802,7 @@ static int l_get(lua_State *L) {
 static int l_device(lua_State *L) {
   Engine *e = check_engine(L);
   lua_Integer i = luaL_checkinteger(L, 2);
-  if (i < 1 || (lua_Unsigned)i > e->ndev) { lua_pushnil(L); return 1; }
+  if (i < 1 || (lua_Unsigned)i > e->ndev) { luaL_pushfail(L); return 1; }
   push_device(L, e, (uint32_t)(i - 1));
   return 1;
 }
