@@ -15,25 +15,17 @@
 
 #define ENGINE_META "brisk.presence.Engine"
 
-enum { K_NONE, K_ONLINE, K_OFFLINE, K_STATE, K_FLAPPING, K_SILENT, K_COUNT };
-static const char *const kind_names[] = {
-  "unknown", "online", "offline", "state", "flapping", "silent", NULL
-};
 static const char *const show_names[] = {
   "", "away", "chat", "dnd", "xa", "other"
 };
 
-#define MAX_RULES 64        /* rule sets are 64-bit masks */
-#define MAX_DETECTORS 8     /* distinct (transitions, within) pairs */
-#define MAX_RING 16         /* largest "transitions" of a flapping rule */
 #define DEV_CHUNK 1024      /* device slots per allocation */
 #define NAME_CHUNK 65536    /* bytes of JID text per allocation */
-#define NO_DUE UINT32_MAX
+#define NO_DUE PRESENCE_NO_DUE
 /* Durations are kept in centiseconds in 32 bits. The epoch moves forward
 ** (rebase) before the clock gets near 2^31 cs (about 248 days), so that
 ** differences of stored times never wrap. */
 #define REBASE_AT 2000000000u
-#define MAX_AFTER 100000000.0  /* seconds (about 3 years) */
 
 #define F_ONLINE 1
 #define F_KNOWN 2
@@ -80,26 +72,12 @@ typedef struct Event {
   uint8_t count;      /* flapping: transitions seen within the window */
 } Event;
 
-/* A compiled JID glob in a block of its own ("size" bytes). */
-typedef struct Match {
-  int16_t *tok;       /* NULL: matches every device */
-  int ntok;
-  size_t size;
-} Match;
-
-typedef struct Rule {
-  Match match;
-  uint8_t kind;
-  uint8_t det;        /* flapping detector index */
-  uint32_t after;     /* cs */
-} Rule;
-
 typedef struct Engine {
   double epoch;       /* caller's clock value of cs 0 */
   size_t bytes;       /* every byte allocated by this engine */
   /* devices */
   uint8_t **chunks; uint32_t nchunks, capchunks;
-  uint32_t ndev, nonline, slot, ring;
+  uint32_t ndev, nonline, slot;
   /* JID text */
   char **names; uint32_t nnames, capnames, nameused;
   /* index: open addressing over device index + 1 */
@@ -112,33 +90,17 @@ typedef struct Engine {
   uint64_t *masks; uint32_t nmasks, capmasks;
   /* selection: devices are the JIDs matching any of these (all if none) */
   Match *sel; int nsels, capsels;
-  /* rules and the tables derived from them */
-  Rule rules[MAX_RULES]; int nrules;
-  uint64_t immmask[K_COUNT];                 /* after == 0, by kind */
-  uint32_t deb[K_COUNT][MAX_RULES]; uint64_t debmask[K_COUNT][MAX_RULES];
-  int ndeb[K_COUNT];                         /* sorted distinct afters */
-  uint32_t sil[MAX_RULES]; uint64_t silmask[MAX_RULES]; int nsil;
-  uint32_t det_n[MAX_DETECTORS], det_within[MAX_DETECTORS];
-  uint64_t detmask[MAX_DETECTORS]; int ndet;
+  Rules rs;           /* the rules and the tables derived from them */
   double now;         /* latest clock value seen */
 } Engine;
 
 /* ---------------------------------------------------------------- memory */
 
-/*
-** Every block the engine owns comes from the Lua state's allocator, is
-** counted in e->bytes and is given back by l_gc with the size it has.
-** Resize p from old to sz bytes (sz 0 frees it). Out of memory raises and
-** leaves p as it was, still owned by whoever points to it.
-*/
+/* Every block the engine owns is counted in e->bytes (presence_realloc)
+** and given back by l_gc with the size it has. */
 static void *eng_realloc(lua_State *L, Engine *e, void *p, size_t old,
                          size_t sz) {
-  void *q;
-  if (sz == 0) { brisk_free(L, p, old); e->bytes -= old; return NULL; }
-  q = brisk_alloc(L, p, old, sz);
-  if (q == NULL) brisk_raise(L, "brisk.presence: out of memory");
-  e->bytes = e->bytes - old + sz;
-  return q;
+  return presence_realloc(L, &e->bytes, p, old, sz);
 }
 
 /* Grow an array to hold at least need elements, by half again each time. */
@@ -169,13 +131,6 @@ static const char *dev_name(Engine *e, const Device *d, size_t *len) {
 
 /* ------------------------------------------------------------------ time */
 
-static uint32_t to_cs(double secs) {
-  double v = floor(secs * 100.0 + 1e-6);
-  if (!(v > 0)) return 0;
-  if (v >= (double)NO_DUE - 1) return NO_DUE - 1;
-  return (uint32_t)v;
-}
-
 static void rebase(Engine *e, uint32_t shift);
 
 /* The caller's clock value as cs after the epoch; moves the epoch forward
@@ -185,7 +140,7 @@ static uint32_t clock_cs(Engine *e, double now) {
   uint32_t cs;
   if (now < e->now) now = e->now;
   e->now = now;
-  cs = to_cs(now - e->epoch);
+  cs = presence_cs(now - e->epoch);
   if (cs >= REBASE_AT) {
     uint32_t shift = cs - REBASE_AT / 2;
     rebase(e, shift);
@@ -258,12 +213,12 @@ static void heap_pop(Engine *e) {
 static uint32_t dev_due(Engine *e, const Device *d, int *which) {
   uint32_t due = NO_DUE;
   *which = 0;
-  if (d->kind != K_NONE && d->didx < e->ndeb[d->kind]) {
-    due = d->last + e->deb[d->kind][d->didx];
+  if (d->kind != PRESENCE_NONE && d->didx < e->rs.ndeb[d->kind]) {
+    due = d->last + e->rs.deb[d->kind][d->didx];
     *which = 1;
   }
-  if ((d->flags & F_ONLINE) && d->sidx < e->nsil) {
-    uint32_t s = d->seen + e->sil[d->sidx];
+  if ((d->flags & F_ONLINE) && d->sidx < e->rs.nsil) {
+    uint32_t s = d->seen + e->rs.sil[d->sidx];
     if (s < due) { due = s; *which = 2; }
   }
   return due;
@@ -414,9 +369,9 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
   Device *d;
   int r;
   if (di == UINT32_MAX - 1) brisk_raise(L, "brisk.presence: too many devices");
-  for (r = 0; r < e->nrules; r++)
-    if (!e->rules[r].match.tok ||
-        presence_glob_match(e->rules[r].match.tok, e->rules[r].match.ntok, jid, len))
+  for (r = 0; r < e->rs.n; r++)
+    if (!e->rs.rule[r].match.tok ||
+        presence_glob_match(e->rs.rule[r].match.tok, e->rs.rule[r].match.ntok, jid, len))
       m |= 1ULL << r;
   if ((uint64_t)(e->ndev + 1) * 4 > (uint64_t)e->capindex * 3) index_grow(L, e);
   if (di / DEV_CHUNK >= e->nchunks) {
@@ -452,22 +407,22 @@ static void flapping(lua_State *L, Engine *e, uint32_t di, Device *d,
                      uint32_t now, double at) {
   int k;
   uint64_t dm = e->masks[d->maskid];
-  if (e->ring == 0) return;
+  if (e->rs.ring == 0) return;
   d->ring[d->ringhead] = now;
-  d->ringhead = (uint8_t)((d->ringhead + 1) % e->ring);
-  if (d->ringlen < e->ring) d->ringlen++;
-  for (k = 0; k < e->ndet; k++) {
-    int c = ring_count(e, d, now, e->det_within[k]);
-    if ((uint32_t)c >= e->det_n[k]) {
-      if (!(d->flap & (1u << k)) && (dm & e->detmask[k])) {
+  d->ringhead = (uint8_t)((d->ringhead + 1) % e->rs.ring);
+  if (d->ringlen < e->rs.ring) d->ringlen++;
+  for (k = 0; k < e->rs.ndet; k++) {
+    int c = ring_count(e, d, now, e->rs.det_within[k]);
+    if ((uint32_t)c >= e->rs.det_n[k]) {
+      if (!(d->flap & (1u << k)) && (dm & e->rs.detmask[k])) {
         Event *ev;
         d->flap |= (uint8_t)(1u << k);
-        ev = push_event(L, e, K_FLAPPING, di, dm & e->detmask[k], at);
+        ev = push_event(L, e, PRESENCE_FLAPPING, di, dm & e->rs.detmask[k], at);
         d = dev_at(e, di);
         ev->det = (uint8_t)k;
         ev->count = (uint8_t)c;
         ev->since = d->since;
-        ev->prev = (d->flags & F_ONLINE) ? K_OFFLINE : K_ONLINE;
+        ev->prev = (d->flags & F_ONLINE) ? PRESENCE_OFFLINE : PRESENCE_ONLINE;
         ev->prev_show = d->show;
         ev->prev_prio = d->prio;
       }
@@ -501,9 +456,9 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
   d->sidx = 0;
   d->flags |= F_KNOWN;
   if (avail && !(d->flags & F_ONLINE)) {
-    ev = push_event(L, e, K_ONLINE, di, dm & e->immmask[K_ONLINE], at);
+    ev = push_event(L, e, PRESENCE_ONLINE, di, dm & e->rs.immmask[PRESENCE_ONLINE], at);
     d = dev_at(e, di);
-    ev->prev = known ? K_OFFLINE : K_NONE;
+    ev->prev = known ? PRESENCE_OFFLINE : PRESENCE_NONE;
     ev->dur = known ? now - d->since : 0;
     ev->prev_show = d->show;
     ev->prev_prio = d->prio;
@@ -511,28 +466,28 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
     d->flags |= F_ONLINE;
     e->nonline++;
     d->since = d->last = now;
-    d->kind = K_ONLINE;
+    d->kind = PRESENCE_ONLINE;
     d->didx = 0;
     d->hash = h; d->show = show; d->prio = prio;
     flapping(L, e, di, d, now, at);
   } else if (avail) {
     if (h != d->hash) {
-      ev = push_event(L, e, K_STATE, di, dm & e->immmask[K_STATE], at);
+      ev = push_event(L, e, PRESENCE_STATE, di, dm & e->rs.immmask[PRESENCE_STATE], at);
       d = dev_at(e, di);
-      ev->prev = K_ONLINE;
+      ev->prev = PRESENCE_ONLINE;
       ev->dur = now - d->last;
       ev->prev_show = d->show;
       ev->prev_prio = d->prio;
       ev->since = d->since;
       d->last = now;
-      d->kind = K_STATE;
+      d->kind = PRESENCE_STATE;
       d->didx = 0;
       d->hash = h; d->show = show; d->prio = prio;
     }
   } else if (d->flags & F_ONLINE) {
-    ev = push_event(L, e, K_OFFLINE, di, dm & e->immmask[K_OFFLINE], at);
+    ev = push_event(L, e, PRESENCE_OFFLINE, di, dm & e->rs.immmask[PRESENCE_OFFLINE], at);
     d = dev_at(e, di);
-    ev->prev = K_ONLINE;
+    ev->prev = PRESENCE_ONLINE;
     ev->dur = now - d->since;
     ev->prev_show = d->show;
     ev->prev_prio = d->prio;
@@ -540,7 +495,7 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
     d->flags &= (uint8_t)~F_ONLINE;
     e->nonline--;
     d->since = d->last = now;
-    d->kind = K_OFFLINE;
+    d->kind = PRESENCE_OFFLINE;
     d->didx = 0;
     d->hash = 0; d->show = 0; d->prio = 0;
     flapping(L, e, di, d, now, at);
@@ -657,13 +612,13 @@ static int l_tick(lua_State *L) {
       Event *ev;
       double at = e->epoch + due / 100.0;
       if (which == 1) {
-        m = dm & e->debmask[d->kind][d->didx];
+        m = dm & e->rs.debmask[d->kind][d->didx];
         if (m) {
           ev = push_event(L, e, d->kind, di, m, at);
           d = dev_at(e, di);
-          ev->after = e->deb[d->kind][d->didx];
-          ev->prev = d->kind == K_STATE ? K_ONLINE
-                   : d->kind == K_ONLINE ? K_OFFLINE : K_ONLINE;
+          ev->after = e->rs.deb[d->kind][d->didx];
+          ev->prev = d->kind == PRESENCE_STATE ? PRESENCE_ONLINE
+                   : d->kind == PRESENCE_ONLINE ? PRESENCE_OFFLINE : PRESENCE_ONLINE;
           ev->dur = due - d->last;
           ev->since = d->since;
           ev->prev_show = d->show;
@@ -671,12 +626,12 @@ static int l_tick(lua_State *L) {
         }
         d->didx++;
       } else {
-        m = dm & e->silmask[d->sidx];
+        m = dm & e->rs.silmask[d->sidx];
         if (m) {
-          ev = push_event(L, e, K_SILENT, di, m, at);
+          ev = push_event(L, e, PRESENCE_SILENT, di, m, at);
           d = dev_at(e, di);
-          ev->after = e->sil[d->sidx];
-          ev->prev = K_ONLINE;
+          ev->after = e->rs.sil[d->sidx];
+          ev->prev = PRESENCE_ONLINE;
           ev->dur = due - d->seen;
           ev->since = d->since;
           ev->prev_show = d->show;
@@ -711,11 +666,11 @@ static int l_pop(lua_State *L) {
   d = dev_at(e, ev->dev);
   jid = dev_name(e, d, &len);
   lua_createtable(L, 0, 16);
-  lua_pushstring(L, kind_names[ev->kind]); lua_setfield(L, -2, "kind");
+  lua_pushstring(L, presence_kind_names[ev->kind]); lua_setfield(L, -2, "kind");
   lua_pushlstring(L, jid, len); lua_setfield(L, -2, "jid");
   lua_pushnumber(L, ev->at); lua_setfield(L, -2, "time");
   lua_pushnumber(L, e->epoch + ev->since / 100.0); lua_setfield(L, -2, "since");
-  lua_pushstring(L, kind_names[ev->prev]); lua_setfield(L, -2, "previous");
+  lua_pushstring(L, presence_kind_names[ev->prev]); lua_setfield(L, -2, "previous");
   lua_pushnumber(L, ev->dur / 100.0); lua_setfield(L, -2, "duration");
   lua_pushnumber(L, ev->after / 100.0); lua_setfield(L, -2, "after");
   push_state(L, d); lua_setfield(L, -2, "state");
@@ -725,12 +680,12 @@ static int l_pop(lua_State *L) {
   }
   lua_pushstring(L, show_names[ev->prev_show]); lua_setfield(L, -2, "previous_show_class");
   lua_pushinteger(L, ev->prev_prio); lua_setfield(L, -2, "previous_priority");
-  if (ev->kind == K_FLAPPING) {
+  if (ev->kind == PRESENCE_FLAPPING) {
     lua_pushinteger(L, ev->count); lua_setfield(L, -2, "transitions");
-    lua_pushnumber(L, e->det_within[ev->det] / 100.0); lua_setfield(L, -2, "within");
+    lua_pushnumber(L, e->rs.det_within[ev->det] / 100.0); lua_setfield(L, -2, "within");
   }
   lua_createtable(L, 4, 0);
-  for (r = 0; r < e->nrules; r++)
+  for (r = 0; r < e->rs.n; r++)
     if (ev->mask & (1ULL << r)) {
       lua_pushinteger(L, r + 1);
       lua_rawseti(L, -2, ++n);
@@ -769,7 +724,7 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
   size_t len;
   const char *jid = dev_name(e, d, &len);
   int k, flap = 0;
-  uint32_t now = to_cs(e->now - e->epoch);
+  uint32_t now = presence_cs(e->now - e->epoch);
   lua_createtable(L, 0, 10);
   lua_pushlstring(L, jid, len); lua_setfield(L, -2, "jid");
   push_state(L, d); lua_setfield(L, -2, "state");
@@ -780,9 +735,9 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
     lua_pushstring(L, show_names[d->show]); lua_setfield(L, -2, "show_class");
     lua_pushinteger(L, d->prio); lua_setfield(L, -2, "priority");
   }
-  for (k = 0; k < e->ndet; k++)
+  for (k = 0; k < e->rs.ndet; k++)
     if ((d->flap & (1u << k)) &&
-        (uint32_t)ring_count(e, d, now, e->det_within[k]) >= e->det_n[k])
+        (uint32_t)ring_count(e, d, now, e->rs.det_within[k]) >= e->rs.det_n[k])
       flap = 1;
   lua_pushboolean(L, flap); lua_setfield(L, -2, "flapping");
 }
@@ -798,7 +753,7 @@ static int l_get(lua_State *L) {
   return 1;
 }
 
-/* engine:device(i) -> the i-th device (1-based, creation order), or nil. */
+/* engine:device(i) -> the i-th device (1-based, creation order), or fail. */
 static int l_device(lua_State *L) {
   Engine *e = check_engine(L);
   lua_Integer i = luaL_checkinteger(L, 2);
@@ -845,10 +800,7 @@ static int l_gc(lua_State *L) {
   eng_realloc(L, e, e->heap, (size_t)e->capheap * sizeof *e->heap, 0);
   eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof *e->ev, 0);
   eng_realloc(L, e, e->masks, (size_t)e->capmasks * sizeof *e->masks, 0);
-  /* All slots, not just nrules: a rule that failed validation half-way
-  ** may already own its compiled pattern. */
-  for (r = 0; r < MAX_RULES; r++)
-    eng_realloc(L, e, e->rules[r].match.tok, e->rules[r].match.size, 0);
+  presence_rules_free(L, &e->rs, &e->bytes);
   for (r = 0; r < e->nsels; r++) eng_realloc(L, e, e->sel[r].tok, e->sel[r].size, 0);
   eng_realloc(L, e, e->sel, (size_t)e->capsels * sizeof *e->sel, 0);
   memset(e, 0, sizeof *e);
@@ -856,125 +808,6 @@ static int l_gc(lua_State *L) {
 }
 
 /* ------------------------------------------------------ Lua: construction */
-
-/* Compile the glob at the top of the stack into m, a fresh allocation. */
-static void compile_top(lua_State *L, Engine *e, Match *m, const char *what) {
-  size_t len;
-  const char *p, *err = NULL;
-  int16_t *tok;
-  int n;
-  if (lua_type(L, -1) != LUA_TSTRING)
-    brisk_raise(L, "%s: pattern must be a string", what);
-  p = lua_tolstring(L, -1, &len);
-  if (len > PRESENCE_GLOB_MAXLEN)
-    brisk_raise(L, "%s: bad pattern: pattern too long", what);
-  tok = (int16_t *)eng_realloc(L, e, NULL, 0, (len + 2) * sizeof(int16_t));
-  n = presence_glob_compile(p, len, tok, &err);
-  if (n < 0) {
-    eng_realloc(L, e, tok, (len + 2) * sizeof(int16_t), 0);
-    brisk_raise(L, "%s: bad pattern '%s': %s", what, p, err);
-  }
-  m->tok = tok;
-  m->ntok = n;
-  m->size = (len + 2) * sizeof(int16_t);
-}
-
-static double opt_number_field(lua_State *L, int t, const char *k, double def,
-                               const char *what) {
-  double v;
-  int isnum;
-  lua_getfield(L, t, k);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return def; }
-  v = lua_tonumberx(L, -1, &isnum);
-  lua_pop(L, 1);
-  if (!isnum || !isfinite(v) || v < 0 || v > MAX_AFTER)
-    brisk_raise(L, "%s: '%s' must be a number of seconds between 0 and %f",
-               what, k, MAX_AFTER);
-  return v;
-}
-
-/* Insert value v into the sorted distinct list, returning its index. */
-static int add_step(uint32_t *list, uint64_t *masks, int *n, uint32_t v) {
-  int i, j;
-  for (i = 0; i < *n; i++) {
-    if (list[i] == v) return i;
-    if (list[i] > v) break;
-  }
-  for (j = *n; j > i; j--) { list[j] = list[j - 1]; masks[j] = masks[j - 1]; }
-  list[i] = v;
-  masks[i] = 0;
-  (*n)++;
-  return i;
-}
-
-static void read_rule(lua_State *L, Engine *e, int t, int r) {
-  Rule *ru = &e->rules[r];
-  char what[160];
-  const char *on;
-  double after, within;
-  int kind, rt = lua_gettop(L) + 1;
-  lua_getfield(L, t, "name");
-  if (lua_type(L, -1) == LUA_TSTRING)
-    snprintf(what, sizeof what, "rule '%.100s'", lua_tostring(L, -1));
-  else
-    snprintf(what, sizeof what, "rule #%d", r + 1);
-  lua_pop(L, 1);
-  (void)rt;
-  lua_getfield(L, t, "on");
-  on = lua_tostring(L, -1);
-  for (kind = K_ONLINE; kind < K_COUNT; kind++)
-    if (on && strcmp(on, kind_names[kind]) == 0) break;
-  if (kind == K_COUNT) {
-    if (on) brisk_raise(L, "%s: unknown event '%s' (expected online, offline, state, flapping or silent)", what, on);
-    brisk_raise(L, "%s: missing 'on' (the event: online, offline, state, flapping or silent)", what);
-  }
-  lua_pop(L, 1);
-  ru->kind = (uint8_t)kind;
-  lua_getfield(L, t, "match");
-  if (!lua_isnil(L, -1)) compile_top(L, e, &ru->match, what);
-  lua_pop(L, 1);
-  after = opt_number_field(L, t, "after", 0, what);
-  ru->after = to_cs(after);
-  if (after > 0 && ru->after == 0)
-    brisk_raise(L, "%s: 'after' below the engine's resolution of 0.01 s", what);
-  if (kind == K_SILENT) {
-    int i;
-    if (ru->after == 0)
-      brisk_raise(L, "%s: a silent rule needs 'after' (seconds without presence or activity)", what);
-    i = add_step(e->sil, e->silmask, &e->nsil, ru->after);
-    e->silmask[i] |= 1ULL << r;
-  } else if (kind == K_FLAPPING) {
-    lua_Integer n;
-    int isint, k;
-    lua_getfield(L, t, "transitions");
-    n = lua_tointegerx(L, -1, &isint);
-    lua_pop(L, 1);
-    if (!isint || n < 2 || n > MAX_RING)
-      brisk_raise(L, "%s: a flapping rule needs 'transitions', an integer from 2 to %d", what, MAX_RING);
-    within = opt_number_field(L, t, "within", 0, what);
-    if (to_cs(within) == 0)
-      brisk_raise(L, "%s: a flapping rule needs 'within' (seconds)", what);
-    if (ru->after)
-      brisk_raise(L, "%s: 'after' does not apply to flapping rules", what);
-    for (k = 0; k < e->ndet; k++)
-      if (e->det_n[k] == (uint32_t)n && e->det_within[k] == to_cs(within)) break;
-    if (k == e->ndet) {
-      if (e->ndet == MAX_DETECTORS)
-        brisk_raise(L, "%s: more than %d distinct (transitions, within) pairs", what, MAX_DETECTORS);
-      e->det_n[k] = (uint32_t)n;
-      e->det_within[k] = to_cs(within);
-      e->ndet++;
-      if ((uint32_t)n > e->ring) e->ring = (uint32_t)n;
-    }
-    e->detmask[k] |= 1ULL << r;
-    ru->det = (uint8_t)k;
-  } else if (ru->after == 0) {
-    e->immmask[kind] |= 1ULL << r;
-  } else {
-    int i = add_step(e->deb[kind], e->debmask[kind], &e->ndeb[kind], ru->after);
-    e->debmask[kind][i] |= 1ULL << r;
-  }
-}
 
 /*
 ** presence.new{ now = t, rules = { {on=, match=, after=, transitions=,
@@ -994,15 +827,7 @@ static int l_new(lua_State *L) {
   lua_getfield(L, 1, "rules");
   if (!lua_isnil(L, -1)) {
     luaL_checktype(L, -1, LUA_TTABLE);
-    n = (int)luaL_len(L, -1);
-    if (n > MAX_RULES) return luaL_error(L, "at most %d rules", MAX_RULES);
-    for (r = 0; r < n; r++) {
-      lua_rawgeti(L, -1, r + 1);
-      if (!lua_istable(L, -1)) return luaL_error(L, "rule #%d: not a table", r + 1);
-      read_rule(L, e, lua_gettop(L), r);
-      e->nrules = r + 1;
-      lua_pop(L, 1);
-    }
+    presence_rules_read(L, &e->rs, lua_gettop(L), &e->bytes);
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "devices");
@@ -1014,14 +839,14 @@ static int l_new(lua_State *L) {
       e->capsels = n;
       for (r = 0; r < n; r++) {
         lua_rawgeti(L, -1, r + 1);
-        compile_top(L, e, &e->sel[r], "devices");
+        presence_compile_glob(L, &e->sel[r], "devices", &e->bytes);
         e->nsels = r + 1;
         lua_pop(L, 1);
       }
     }
   }
   lua_pop(L, 1);
-  e->slot = (uint32_t)((sizeof(Device) + e->ring * sizeof(uint32_t) + 7) & ~(size_t)7);
+  e->slot = (uint32_t)((sizeof(Device) + e->rs.ring * sizeof(uint32_t) + 7) & ~(size_t)7);
   return 1;
 }
 

@@ -1,6 +1,7 @@
 /*
-** presence.c — opener of brisk.presence: the device presence engine
-** (engine.c) and the JID glob compiler (glob.c) behind mod_brisk_iot.
+** presence.c — opener of brisk.presence, the C core behind mod_brisk_iot:
+** the device presence engine (engine.c) with its rule compiler (rules.c),
+** JID globs (glob.c) and Standard Webhooks signing (sign.c).
 */
 #include "presence.h"
 
