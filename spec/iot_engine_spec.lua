@@ -289,6 +289,43 @@ describe("brisk.presence engine", function ()
 		assert.matches("rule 's': a silent rule needs 'after'", err{ { name = "s", on = "silent" } });
 		assert.matches("'after' must be a number", err{ { name = "s", on = "offline", after = -1 } });
 		assert.matches("'after' must be a number", err{ { name = "s", on = "offline", after = 0/0 } });
+		-- Names, unknown fields and conditions are the engine's too.
+		assert.equal("rule #1: 'name' must be a non-empty string", err{ { name = "", on = "online" } });
+		assert.equal("rule 'd': duplicate name", err{ { name = "d", on = "online" }, { name = "d", on = "offline" } });
+		assert.equal("rule 'f': unknown field 'afterr'", err{ { name = "f", on = "online", afterr = 3 } });
+		assert.equal("rule 'f': unknown field 'webhook'", err{ { name = "f", on = "online", webhook = "http://x/" } });
+		assert.equal("rule #1: 'match' must be a string pattern", err{ { on = "online", match = 5 } });
+		assert.equal("rule 's': 'status', 'show', 'below' and 'above' only apply to 'online' and 'state' rules",
+			err{ { name = "s", on = "offline", status = "x" } });
+		assert.equal("rule 's': bad status pattern '(%d': unfinished capture", err{ { name = "s", on = "state", status = "(%d" } });
+		assert.equal("rule 's': 'status' must be a Lua pattern", err{ { name = "s", on = "state", status = 5 } });
+		assert.equal("rule 's': 'below' needs a 'status' pattern with a capture holding the number",
+			err{ { name = "s", on = "state", below = 3 } });
+		assert.equal("rule 's': 'above' must be a number", err{ { name = "s", on = "state", status = "(%d+)", above = "3" } });
+		assert.equal("rule 's': 'show' must be available, away, chat, dnd or xa (or a list of them)",
+			err{ { name = "s", on = "state", show = { "dnd", "bar" } } });
+		assert.truthy(presence.new{ rules = { { name = "ok", on = "state", show = { "dnd", "xa" },
+			status = "battery=(%d+)", below = 20, above = 2 } } });
+	end);
+
+	it("checks status patterns as completely as Lua's own parser", function ()
+		math.randomseed(11);
+		local atoms = { "(", ")", "[", "]", "%", "%d", "%b()", "%f[%w]", "%1", "a", ".", "-", "*", "^", "$", "%]" };
+		local subjects = { "", "a", "ab(c)d", "battery=12", "]]]", "((a))", "a1a1" };
+		local accepted = 0;
+		for _ = 1, 20000 do
+			local p = {};
+			for i = 1, math.random(1, 6) do p[i] = atoms[math.random(#atoms)]; end
+			p = table.concat(p);
+			-- Whatever the engine accepts, Lua matches on every subject without an error.
+			if pcall(presence.new, { rules = { { on = "state", status = p } } }) then
+				accepted = accepted + 1;
+				for _, s in ipairs(subjects) do
+					assert(pcall(string.match, s, p), "accepted but Lua refuses: " .. p);
+				end
+			end
+		end
+		assert.is_true(accepted > 1000);
 	end);
 
 	it("compiles and matches JID globs", function ()

@@ -52,11 +52,25 @@ typedef struct Match {
   size_t size;
 } Match;
 
+/* A bound of a condition ("below = 20"), kept as Lua kept it. */
+typedef struct Bound {
+  uint8_t set, isint;
+  lua_Integer i;
+  lua_Number n;
+} Bound;
+
 typedef struct Rule {
   Match match;
   uint8_t kind;
   uint8_t det;        /* flapping detector index */
   uint32_t after;     /* cs */
+  /* Condition on the device's presence (online and state rules). */
+  int8_t cond;        /* index among the rules with a condition; -1: none */
+  uint8_t hasshow;    /* a "show" condition was given ... */
+  uint8_t shows;      /* ... allowing these: bit i for presence_show_values[i] */
+  char *status;       /* Lua pattern the status must match (NUL-terminated), or NULL */
+  size_t statuslen;
+  Bound below, above; /* the status' first capture, read as a number */
 } Rule;
 
 /*
@@ -77,7 +91,12 @@ typedef struct Rules {
   uint64_t detmask[PRESENCE_MAX_DETECTORS];
   int ndet;
   uint32_t ring;      /* the largest "transitions": transitions a device keeps */
+  uint64_t condmask[PRESENCE_KINDS];         /* rules with a condition, by kind */
+  int ncond;
 } Rules;
+
+/* The values a "show" condition may name: bit i of Rule.shows. */
+extern const char *const presence_show_values[];
 
 /*
 ** Read and check the list of rules at stack index t into rs (zeroed by the
