@@ -64,6 +64,80 @@ describe("brisk.presence engine", function ()
 		assert.equal(127, e:get("p@h").priority);
 	end);
 
+	it("reads priority as mod_presence does: presence.priority", function ()
+		assert.equal(0, presence.priority(nil));
+		assert.equal(5, presence.priority("5"));
+		assert.equal(5, presence.priority("+5"));
+		assert.equal(-3, presence.priority("-3"));
+		assert.equal(127, presence.priority("128"));
+		assert.equal(-128, presence.priority("-99999999999999999999999"));
+		assert.equal(127, presence.priority(("9"):rep(400)));
+		for _, bad in ipairs{ "", "+", "-", "1.5", " 1", "1 ", "0x10", "1e3", "abc", "1\0" } do
+			assert.equal(0, presence.priority(bad), bad);
+		end
+		assert.equal(0, math.type(presence.priority("0")) == "integer" and 0 or 1);
+	end);
+
+	it("fires a rule with a status or show condition when it becomes true (edge-triggered)", function ()
+		local e = presence.new{ now = 0, rules = {
+			{ name = "low", on = "state", status = "battery=(%d+)", below = 20 },
+			{ name = "quiet", on = "online", show = { "dnd", "xa" } },
+			{ name = "any", on = "state" },
+		} };
+		local function fired(...)
+			e:update("b@h", ...);
+			local out = {};
+			for _, ev in ipairs(drain(e)) do out[#out + 1] = ev.kind .. ":" .. table.concat(ev.rules, ","); end
+			return table.concat(out, " ");
+		end
+		assert.equal("online:", fired(1, true, nil, "battery=50"));
+		assert.equal("state:1,3", fired(2, true, nil, "battery=19"));
+		assert.equal("state:3", fired(3, true, nil, "battery=18"));      -- still low: latched
+		assert.equal("state:3", fired(4, true, nil, "battery=nope"));    -- no number: not low
+		assert.equal("state:1,3", fired(5, true, nil, "battery=5"));     -- low again
+		assert.equal("offline:", fired(6, false));                     -- forgets
+		assert.equal("online:2", fired(7, true, "dnd", "battery=5"));
+		assert.equal("state:1,3", fired(8, true, "dnd", "battery=4"));   -- a new crossing after offline
+		-- Events dropped unseen change no latch: the offline event that
+		-- would have cleared "low" never reached anyone.
+		e:update("b@h", 9, false);
+		e:update("b@h", 10, true, "xa");
+		assert.equal(2, e:clear());
+		assert.is_nil(e:pop());
+		assert.equal("state:3", fired(11, true, "xa", "battery=3"));
+	end);
+
+	it("judges a debounced condition rule by the presence that started the debounce", function ()
+		local e = presence.new{ now = 0, rules = {
+			{ name = "low", on = "state", after = 5, status = "battery=(%d+)", below = 20 },
+		} };
+		e:update("d@h", 0, true, nil, "battery=50"); drain(e);
+		e:update("d@h", 1, true, nil, "battery=10"); drain(e);
+		assert.equal(1, e:tick(6));
+		local ev = drain(e);
+		assert.equal(1, #ev);
+		assert.same({ 1 }, ev[1].rules);
+		assert.equal(5, ev[1].after);
+		-- Still low at the next crossing: latched, so the timer event fires
+		-- no rule and is not delivered at all.
+		e:update("d@h", 10, true, nil, "battery=9"); drain(e);
+		assert.equal(1, e:tick(20));
+		assert.same({}, drain(e));
+		-- A status that does not hold: no event either, and the latch is clear.
+		e:update("d@h", 30, true, nil, "battery=90"); drain(e);
+		e:tick(40);
+		assert.same({}, drain(e));
+		e:update("d@h", 50, true, nil, "battery=1"); drain(e);
+		e:tick(60);
+		assert.same({ 1 }, drain(e)[1].rules);
+	end);
+
+	it("takes a status Lua cannot match as not matching, without an error", function ()
+		local e = presence.new{ rules = { { on = "online", status = ("a?"):rep(300) .. "b" } } };
+		assert.equal(1, e:update("c@h", 1, true, nil, ("a"):rep(300)));
+		assert.same({}, e:pop().rules);
+	end);
+
 	it("only tracks selected devices", function ()
 		local e = presence.new{ devices = { "sensor-*@h", "other.example" } };
 		assert.is_nil(e:update("alice@h", 1, true));

@@ -7,7 +7,10 @@
 ** timers for all devices for debounced rules ("after = 30") and silence.
 ** Time is always passed in by the caller (engine:update(jid, now, ...),
 ** engine:tick(now)), so tests drive it with a fake clock and never sleep.
-** Events are queued inside the engine and taken out with engine:pop().
+** Events are queued inside the engine and taken out with engine:pop(),
+** which also decides which rules with a status/show condition fire: such
+** a rule is edge-triggered, and the engine remembers per device which of
+** those conditions it has reported as holding. Rules come from rules.c.
 */
 #include <math.h>
 #include <string.h>
@@ -31,9 +34,15 @@ static const char *const show_names[] = {
 #define F_KNOWN 2
 
 /*
-** A device slot: 40 bytes plus 4 bytes per remembered transition for
+** A device slot: 40 bytes, plus 4 bytes per remembered transition for
 ** flapping detection (only as many as the largest "transitions" of any
-** flapping rule; none when there is no flapping rule).
+** flapping rule; none when there is no flapping rule), plus two bits per
+** rule with a condition (none when no rule has one): whether the condition
+** holds for the presence of the device's last online/state transition
+** (debounced events are judged by it when they come due), and whether it
+** was reported as holding ("latched": an edge-triggered rule fires again
+** only after its condition was seen not to hold). The bits follow the
+** ring, at e->condoff.
 */
 typedef struct Device {
   uint64_t hash;      /* hash of show, status, priority and payload */
@@ -55,6 +64,15 @@ typedef struct Device {
   uint32_t ring[];    /* cs of the latest online/offline transitions */
 } Device;
 
+/* A device's presence as update() gets it. */
+typedef struct Presence {
+  const char *show, *status;  /* NULL when the element is absent */
+  size_t showlen, statuslen;
+  uint64_t hash;      /* of everything that counts as state; 0: offline */
+  int8_t prio;
+  uint8_t showi;      /* index into show_names */
+} Presence;
+
 typedef struct HeapEntry {
   uint32_t due;       /* cs; a lower bound of the device's next due time */
   uint32_t dev;
@@ -62,7 +80,8 @@ typedef struct HeapEntry {
 
 typedef struct Event {
   double at;          /* seconds (caller's clock) */
-  uint64_t mask;      /* rules that fire on this event */
+  uint64_t mask;      /* rules whose event, device and timing this is */
+  uint64_t held;      /* those of them with a condition that holds */
   uint32_t dev;
   uint32_t after;     /* cs: debounce or silence step, 0 when immediate */
   uint32_t dur;       /* cs: time spent in the previous state */
@@ -78,6 +97,7 @@ typedef struct Engine {
   /* devices */
   uint8_t **chunks; uint32_t nchunks, capchunks;
   uint32_t ndev, nonline, slot;
+  uint32_t condoff, condbytes;  /* condition bits: offset in a slot, bytes per set */
   /* JID text */
   char **names; uint32_t nnames, capnames, nameused;
   /* index: open addressing over device index + 1 */
@@ -127,6 +147,19 @@ static const char *dev_name(Engine *e, const Device *d, size_t *len) {
   memcpy(&l, p, 2);
   *len = l;
   return p + 2;
+}
+
+/* The device's condition bits: hold (which == 0) or latched (which == 1),
+** one bit per rule with a condition, at the rule's index among those. */
+static uint8_t *cond_bits(Engine *e, Device *d, int which) {
+  return (uint8_t *)d + e->condoff + (size_t)which * e->condbytes;
+}
+
+static int bit_get(const uint8_t *bits, int i) { return (bits[i >> 3] >> (i & 7)) & 1; }
+
+static void bit_set(uint8_t *bits, int i, int v) {
+  if (v) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+  else bits[i >> 3] &= (uint8_t)~(1u << (i & 7));
 }
 
 /* ------------------------------------------------------------------ time */
@@ -441,17 +474,41 @@ static uint8_t show_index(const char *s) {
   return 5;
 }
 
+/* Remember, for the rules of cm, which conditions hold (held). */
+static void store_held(Engine *e, Device *d, uint64_t cm, uint64_t held) {
+  int r;
+  for (r = 0; cm; r++, cm >>= 1)
+    if (cm & 1) bit_set(cond_bits(e, d, 0), e->rs.rule[r].cond, (int)((held >> r) & 1));
+}
+
+/* Of the rules of cm, those whose condition held at the last transition. */
+static uint64_t load_held(Engine *e, Device *d, uint64_t cm) {
+  uint64_t held = 0;
+  int r;
+  for (r = 0; cm; r++, cm >>= 1)
+    if ((cm & 1) && bit_get(cond_bits(e, d, 0), e->rs.rule[r].cond)) held |= 1ULL << r;
+  return held;
+}
+
 /*
 ** The heart: a device's presence as a whole is now (available, show,
 ** priority, hash of everything that counts as its state).
 */
 static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
-                 int avail, uint8_t show, int8_t prio, uint64_t h) {
+                 int avail, const Presence *p) {
   Device *d = dev_at(e, di);
-  uint64_t dm = e->masks[d->maskid];
+  uint64_t dm = e->masks[d->maskid], cm = 0, held = 0;
   uint32_t before = e->nev - e->evhead;
   int known = d->flags & F_KNOWN;
   Event *ev;
+  /* An online or state transition: first judge the conditions of the
+  ** device's rules of that kind on this presence (Lua's string.match may
+  ** run), before anything about the device changes. */
+  if (avail && (!(d->flags & F_ONLINE) || p->hash != d->hash)) {
+    cm = dm & e->rs.condmask[(d->flags & F_ONLINE) ? PRESENCE_STATE : PRESENCE_ONLINE];
+    if (cm) held = presence_rules_hold(L, &e->rs, cm, p->show, p->showlen,
+                                       p->status, p->statuslen);
+  }
   d->seen = now;
   d->sidx = 0;
   d->flags |= F_KNOWN;
@@ -468,10 +525,12 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
     d->since = d->last = now;
     d->kind = PRESENCE_ONLINE;
     d->didx = 0;
-    d->hash = h; d->show = show; d->prio = prio;
+    d->hash = p->hash; d->show = p->showi; d->prio = p->prio;
+    ev->held = held;
+    store_held(e, d, cm, held);
     flapping(L, e, di, d, now, at);
   } else if (avail) {
-    if (h != d->hash) {
+    if (p->hash != d->hash) {
       ev = push_event(L, e, PRESENCE_STATE, di, dm & e->rs.immmask[PRESENCE_STATE], at);
       d = dev_at(e, di);
       ev->prev = PRESENCE_ONLINE;
@@ -482,7 +541,9 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
       d->last = now;
       d->kind = PRESENCE_STATE;
       d->didx = 0;
-      d->hash = h; d->show = show; d->prio = prio;
+      d->hash = p->hash; d->show = p->showi; d->prio = p->prio;
+      ev->held = held;
+      store_held(e, d, cm, held);
     }
   } else if (d->flags & F_ONLINE) {
     ev = push_event(L, e, PRESENCE_OFFLINE, di, dm & e->rs.immmask[PRESENCE_OFFLINE], at);
@@ -524,6 +585,37 @@ static const char *check_jid(lua_State *L, int arg, size_t *len) {
   return s;
 }
 
+/* Priority is read the way mod_presence reads it: an integer, clamped to
+** -128..127. This is the one place that clamps, for update() and for
+** presence.priority() alike. */
+static lua_Integer clamp_priority(lua_Integer prio) {
+  return prio < -128 ? -128 : prio > 127 ? 127 : prio;
+}
+
+/*
+** presence.priority(text) -> the priority of a presence whose <priority/>
+** holds text (nil when it has none): "[+-]digits" as an integer, clamped;
+** anything else is 0. The same reading as mod_presence's, so that the
+** module picks a device's leading resource the way Prosody does.
+*/
+static int l_priority(lua_State *L) {
+  size_t len, i = 0;
+  const char *s = luaL_optlstring(L, 1, NULL, &len);
+  lua_Integer v = 0;
+  int neg = 0;
+  if (s != NULL && len > 0 && (s[0] == '+' || s[0] == '-')) {
+    neg = s[0] == '-';
+    i = 1;
+  }
+  if (s == NULL || i == len) { lua_pushinteger(L, 0); return 1; }
+  for (; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9') { lua_pushinteger(L, 0); return 1; }
+    if (v <= 128) v = v * 10 + (s[i] - '0');  /* beyond 128 it clamps anyway */
+  }
+  lua_pushinteger(L, clamp_priority(neg ? -v : v));
+  return 1;
+}
+
 /*
 ** engine:update(jid, now, available, show, status, priority, payload)
 ** Feed the device's aggregate presence. Returns the number of events
@@ -537,12 +629,11 @@ static int l_update(lua_State *L) {
   int avail = lua_toboolean(L, 4);
   const char *show = luaL_optlstring(L, 5, NULL, &shl);
   const char *status = luaL_optlstring(L, 6, NULL, &sl);
-  lua_Integer prio = luaL_optinteger(L, 7, 0);
+  lua_Integer prio = clamp_priority(luaL_optinteger(L, 7, 0));
   const char *payload = luaL_optlstring(L, 8, NULL, &pl);
   uint32_t now = clock_cs(e, at), di;
   uint64_t h = 0;
-  if (prio < -128) prio = -128;
-  if (prio > 127) prio = 127;
+  Presence p;
   di = lookup(e, jid, len);
   if (di == UINT32_MAX) {
     if (!selected(e, jid, len)) { luaL_pushfail(L); return 1; }
@@ -562,8 +653,12 @@ static int l_update(lua_State *L) {
     if (payload) h = hash_bytes(h, payload, pl);
     h = hash_mix(h) | 1;   /* never 0, which marks "offline" */
   }
-  lua_pushinteger(L, apply(L, e, di, now, at, avail, show_index(show),
-                           (int8_t)prio, h));
+  p.show = show; p.showlen = shl;
+  p.status = status; p.statuslen = sl;
+  p.hash = h;
+  p.prio = (int8_t)prio;
+  p.showi = show_index(show);
+  lua_pushinteger(L, apply(L, e, di, now, at, avail, &p));
   return 1;
 }
 
@@ -623,6 +718,9 @@ static int l_tick(lua_State *L) {
           ev->since = d->since;
           ev->prev_show = d->show;
           ev->prev_prio = d->prio;
+          /* Judged by the presence that started the debounce: anything
+          ** since would have been a transition, and cancelled this. */
+          ev->held = load_held(e, d, m & e->rs.condmask[d->kind]);
         }
         d->didx++;
       } else {
@@ -653,16 +751,71 @@ static void push_state(lua_State *L, const Device *d) {
                     : (d->flags & F_ONLINE) ? "online" : "offline");
 }
 
-/* engine:pop() -> the oldest queued event as a table, or fail. */
+/* The queue is empty: a burst (a whole fleet reconnecting) may have grown
+** it far beyond what steady state needs, so give that memory back. */
+static void drained(lua_State *L, Engine *e) {
+  e->evhead = e->nev = 0;
+  if (e->capev > 256) {
+    e->ev = (Event *)eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof(Event),
+                                 256 * sizeof(Event));
+    e->capev = 256;
+  }
+}
+
+/*
+** Deliver event ev: the rules it fires. A rule without a condition fires
+** whenever the engine queued it. A rule with a condition is edge-triggered:
+** it fires when its condition holds and the device's latch for it is not
+** set (then it is set), and a condition that does not hold clears the
+** latch. An offline transition clears every latch of the device. Latches
+** change when an event is delivered, not when it is queued, so events
+** dropped unseen (engine:clear()) leave them as they were.
+*/
+static uint64_t deliver(Engine *e, const Event *ev) {
+  Device *d = dev_at(e, ev->dev);
+  uint64_t fired = ev->mask, cm = ev->mask;
+  int r;
+  if (e->condbytes == 0) return fired;
+  cm &= e->rs.condmask[PRESENCE_ONLINE] | e->rs.condmask[PRESENCE_STATE];
+  for (r = 0; cm; r++, cm >>= 1) {
+    if (cm & 1) {
+      uint8_t *latched = cond_bits(e, d, 1);
+      int c = e->rs.rule[r].cond;
+      if (((ev->held >> r) & 1) && !bit_get(latched, c)) {
+        bit_set(latched, c, 1);
+      } else {
+        if (!((ev->held >> r) & 1)) bit_set(latched, c, 0);
+        fired &= ~(1ULL << r);
+      }
+    }
+  }
+  if (ev->kind == PRESENCE_OFFLINE) memset(cond_bits(e, d, 1), 0, e->condbytes);
+  return fired;
+}
+
+/*
+** engine:pop() -> the oldest queued event as a table, or fail. Its "rules"
+** are those it fires (see deliver). A debounced or silence event that
+** fires no rule exists only for its rules, so it is skipped.
+*/
 static int l_pop(lua_State *L) {
   Engine *e = check_engine(L);
-  Event *ev;
+  Event *ev = NULL;
   Device *d;
   size_t len;
   const char *jid;
+  uint64_t fired = 0;
   int r, n = 0;
-  if (e->evhead == e->nev) { luaL_pushfail(L); return 1; }
-  ev = &e->ev[e->evhead++];
+  while (e->evhead < e->nev) {
+    Event *x = &e->ev[e->evhead++];
+    fired = deliver(e, x);
+    if (x->after == 0 || fired) { ev = x; break; }
+  }
+  if (ev == NULL) {
+    if (e->nev > 0) drained(L, e);
+    luaL_pushfail(L);
+    return 1;
+  }
   d = dev_at(e, ev->dev);
   jid = dev_name(e, d, &len);
   lua_createtable(L, 0, 16);
@@ -686,21 +839,25 @@ static int l_pop(lua_State *L) {
   }
   lua_createtable(L, 4, 0);
   for (r = 0; r < e->rs.n; r++)
-    if (ev->mask & (1ULL << r)) {
+    if (fired & (1ULL << r)) {
       lua_pushinteger(L, r + 1);
       lua_rawseti(L, -2, ++n);
     }
   lua_setfield(L, -2, "rules");
-  if (e->evhead == e->nev) {
-    /* Drained: a burst (a whole fleet reconnecting) may have grown the
-    ** queue far beyond what steady state needs, so give that memory back. */
-    e->evhead = e->nev = 0;
-    if (e->capev > 256) {
-      e->ev = (Event *)eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof(Event),
-                                   256 * sizeof(Event));
-      e->capev = 256;
-    }
-  }
+  if (e->evhead == e->nev) drained(L, e);
+  return 1;
+}
+
+/*
+** engine:clear() -> drop every queued event without delivering it, and
+** return how many there were. mod_brisk_iot enters the devices online when
+** it loads this way, silently: as if it had always known them.
+*/
+static int l_clear(lua_State *L) {
+  Engine *e = check_engine(L);
+  lua_Integer n = (lua_Integer)(e->nev - e->evhead);
+  if (e->nev > 0) drained(L, e);
+  lua_pushinteger(L, n);
   return 1;
 }
 
@@ -846,7 +1003,9 @@ static int l_new(lua_State *L) {
     }
   }
   lua_pop(L, 1);
-  e->slot = (uint32_t)((sizeof(Device) + e->rs.ring * sizeof(uint32_t) + 7) & ~(size_t)7);
+  e->condoff = (uint32_t)(sizeof(Device) + e->rs.ring * sizeof(uint32_t));
+  e->condbytes = (uint32_t)(e->rs.ncond + 7) / 8;
+  e->slot = (e->condoff + 2 * e->condbytes + 7) & ~7u;
   return 1;
 }
 
@@ -855,6 +1014,7 @@ static const luaL_Reg engine_methods[] = {
   {"touch", l_touch},
   {"tick", l_tick},
   {"pop", l_pop},
+  {"clear", l_clear},
   {"pending", l_pending},
   {"next_due", l_next_due},
   {"get", l_get},
@@ -875,4 +1035,6 @@ void presence_open_engine(lua_State *L, int mod) {
   lua_pop(L, 1);
   lua_pushcfunction(L, l_new);
   lua_setfield(L, mod, "new");
+  lua_pushcfunction(L, l_priority);
+  lua_setfield(L, mod, "priority");
 }

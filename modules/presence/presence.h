@@ -107,6 +107,16 @@ extern const char *const presence_show_values[];
 ** names it in errors.
 */
 void presence_rules_read(lua_State *L, Rules *rs, int t, size_t *bytes);
+
+/*
+** The rules of mask (rules with a condition) whose condition holds for a
+** presence with this <show/> and <status/> (NULL: the element is absent).
+** Calls Lua's string.match for status patterns; never raises for a status
+** Lua cannot match ("pattern too complex": the condition does not hold).
+*/
+uint64_t presence_rules_hold(lua_State *L, const Rules *rs, uint64_t mask,
+                             const char *show, size_t showlen,
+                             const char *status, size_t statuslen);
 void presence_rules_free(lua_State *L, Rules *rs, size_t *bytes);
 void presence_compile_glob(lua_State *L, Match *m, const char *what,
                            size_t *bytes);

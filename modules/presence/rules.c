@@ -268,6 +268,80 @@ static void read_condition(lua_State *L, Rules *rs, int t, int r,
   }
 }
 
+/* Index of a <show/> value in presence_show_values (none: "available"),
+** or -1 for a value no condition can name. */
+static int show_value(const char *show, size_t len) {
+  int i;
+  if (show == NULL) return 0;
+  for (i = 0; presence_show_values[i]; i++)
+    if (strlen(presence_show_values[i]) == len &&
+        memcmp(show, presence_show_values[i], len) == 0) return i;
+  return -1;
+}
+
+/* Replace the value at the top by what Lua's tonumber makes of it and
+** return 1, or pop it and return 0 when that is no number. */
+static int to_number(lua_State *L) {
+  size_t len, n;
+  const char *s;
+  if (lua_type(L, -1) == LUA_TNUMBER) return 1;
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    s = lua_tolstring(L, -1, &len);
+    n = lua_stringtonumber(L, s);
+    if (n == len + 1) { lua_remove(L, -2); return 1; }
+    if (n != 0) lua_pop(L, 1);   /* converted only up to an embedded NUL */
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* Compare the number at the top with bound b, as Lua compares numbers:
+** op LUA_OPLT for "below", and the other way round for "above". */
+static int within_bound(lua_State *L, const Bound *b, int below) {
+  int ok;
+  if (!b->set) return 1;
+  if (b->isint) lua_pushinteger(L, b->i); else lua_pushnumber(L, b->n);
+  ok = below ? lua_compare(L, -2, -1, LUA_OPLT) : lua_compare(L, -1, -2, LUA_OPLT);
+  lua_pop(L, 1);
+  return ok;
+}
+
+/* Whether rule ru's condition holds: show (index from show_value) is one
+** it names, and the status matches its pattern, the first capture read as
+** a number within its bounds. */
+static int holds(lua_State *L, const Rule *ru, int show, const char *status,
+                 size_t statuslen) {
+  int ok;
+  if (ru->hasshow && (show < 0 || !(ru->shows & (1u << show)))) return 0;
+  if (ru->status == NULL) return 1;
+  push_string_match(L);
+  lua_pushlstring(L, status ? status : "", status ? statuslen : 0);
+  lua_pushlstring(L, ru->status, ru->statuslen);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK || lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (!ru->below.set && !ru->above.set) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  if (!to_number(L)) return 0;
+  ok = within_bound(L, &ru->below, 1) && within_bound(L, &ru->above, 0);
+  lua_pop(L, 1);
+  return ok;
+}
+
+uint64_t presence_rules_hold(lua_State *L, const Rules *rs, uint64_t mask,
+                             const char *show, size_t showlen,
+                             const char *status, size_t statuslen) {
+  uint64_t held = 0;
+  int r, sv = show_value(show, showlen);
+  for (r = 0; r < rs->n; r++)
+    if (((mask >> r) & 1) && holds(L, &rs->rule[r], sv, status, statuslen))
+      held |= 1ULL << r;
+  return held;
+}
+
 static int known_field(lua_State *L, int idx) {
   int i;
   if (lua_type(L, idx) != LUA_TSTRING) return 0;
