@@ -17,7 +17,8 @@ local json = try "util.json";
 local time_now = try "util.time".now;
 -- Through brisk.loader, which also finds the C core in a luarocks tree.
 local presence = require "brisk.loader".require("brisk.presence", module.path);
-local rules_lib = require "brisk.iot.rules";
+local config = require "brisk.iot.config";
+local sinks = require "brisk.iot.sinks";
 local webhook_lib = require "brisk.iot.webhook";
 local scripts_lib = require "brisk.iot.scripts";
 
@@ -28,36 +29,21 @@ local KINDS = { "online", "offline", "state", "flapping", "silent" };
 
 -- Configuration --------------------------------------------------------
 
-local device_patterns = module:get_option_array("iot_devices", nil);
-local tick_interval = module:get_option_number("iot_tick_interval", 0.25);
-local pubsub_service = module:get_option_string("iot_pubsub_service", nil);
-local hook_script_paths = module:get_option_array("iot_hook_scripts", {});
-local script_config = module:get_option("iot_script_config", {});
-local http_listing = module:get_option_boolean("iot_http_listing", false);
-local http_token = module:get_option_string("iot_http_token", nil);
-
-local selectors;
-if device_patterns then
-	selectors = {};
-	for i, p in ipairs(device_patterns) do
-		local g, err = presence.glob(p);
-		if not g then error(("iot_devices: bad pattern '%s': %s"):format(tostring(p), err), 0); end
-		selectors[i] = p;
-	end
-else
-	-- By default every local account of this host is a device.
-	selectors = { "*@" .. host };
+local function get_option(name, kind, default)
+	if kind == "raw" then return module:get_option(name, default); end
+	return module["get_option_" .. kind](module, name, default);
 end
+local options = config.read(get_option);
+local tick_interval = options.tick_interval;
+local hook_script_paths = options.hook_scripts;
+local script_config = options.script_config;
+local http_listing = options.http_listing;
+local http_token = options.http_token;
 
--- Rules are validated before anything else is set up: a bad rule stops
--- the module from loading, with the rule and the problem in the message.
-local rules = rules_lib.compile(module:get_option("iot_rules", {}), { pubsub_service = pubsub_service });
-
-local engine = presence.new{
-	now = time_now();
-	rules = rules_lib.engine_rules(rules);
-	devices = selectors;
-};
+-- Rules are compiled before anything else is set up: a bad rule stops the
+-- module from loading, with the rule and the problem in the message.
+local compiled = config.compile(options, { host = host, now = time_now() });
+local engine, rules, selectors = compiled.engine, compiled.rules, compiled.selectors;
 
 -- Metrics ----------------------------------------------------------------
 
@@ -83,12 +69,12 @@ local webhooks = webhook_lib.new{
 	timer = function (delay, fn) module:add_timer(delay, function () fn(); end); end;
 	now = time_now;
 	clock = os.time;
-	queue_max = module:get_option_number("iot_webhook_queue_size", 1000);
-	concurrency = module:get_option_number("iot_webhook_concurrency", 4);
-	retries = module:get_option_number("iot_webhook_retries", 5);
-	backoff = module:get_option_number("iot_webhook_backoff", 1);
-	max_backoff = module:get_option_number("iot_webhook_max_backoff", 300);
-	timeout = module:get_option_number("iot_webhook_timeout", 10);
+	queue_max = options.webhook_queue_size;
+	concurrency = options.webhook_concurrency;
+	retries = options.webhook_retries;
+	backoff = options.webhook_backoff;
+	max_backoff = options.webhook_max_backoff;
+	timeout = options.webhook_timeout;
 	on = {
 		sent = function (latency) measure_sent(); measure_latency(latency); end;
 		failed = function () measure_failed(); end;
@@ -150,25 +136,14 @@ end
 load_scripts();
 
 module:hook_global("config-reloaded", function ()
-	hook_script_paths = module:get_option_array("iot_hook_scripts", {});
-	script_config = module:get_option("iot_script_config", {});
+	hook_script_paths = get_option("iot_hook_scripts", "array", {});
+	script_config = get_option("iot_script_config", "raw", {});
 	load_scripts();
 end);
 
 -- Devices' aggregate presence -------------------------------------------------
 
 local seq = 0;
-
-local function parse_priority(p)
-	-- The same reading as mod_presence: an integer, clamped to -128..127.
-	if p and p:find("^[+-]?[0-9]+$") then
-		local n = tonumber(p);
-		if n < -128 then n = -128; end
-		if n > 127 then n = 127; end
-		return n;
-	end
-	return 0;
-end
 
 -- Everything in a presence besides show, status, priority and delay: its
 -- extension elements (caps, sensor readings...), as one string.
@@ -196,7 +171,7 @@ local function leading(bare, override, override_stanza)
 		local p = s.presence;
 		if s == override then p = override_stanza; end
 		if p and not s.destroyed then
-			local prio = parse_priority(p:get_child_text("priority"));
+			local prio = presence.priority(p:get_child_text("priority"));
 			local sq = s == override and math.huge or (s.brisk_iot_seq or 0);
 			if not best or prio > best_prio or (prio == best_prio and sq > best_seq) then
 				best, best_stanza, best_prio, best_seq = s, p, prio, sq;
@@ -261,85 +236,24 @@ end, 1000);
 
 -- Events -------------------------------------------------------------------------
 
--- RFC 3339 / XEP-0082 time with milliseconds (util.datetime wants whole seconds).
-local function iso(t)
-	local secs = math.floor(t);
-	return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. (".%03dZ"):format(math.floor((t - secs) * 1000));
-end
-
--- Rules whose status/show condition holds, per device (edge-triggered: a
--- condition rule fires when its condition becomes true, not on every
--- presence while it stays true). Only devices in a true condition are kept.
-local latched = {};
-for i = 1, #rules do latched[i] = {}; end
-
-local function webhook_body(ev, rule)
-	return json.encode({
-		type = "iot." .. ev.kind;
-		timestamp = iso(ev.time);
-		data = {
-			rule = rule.name;
-			jid = ev.jid;
-			resource = ev.resource;
-			state = ev.state;
-			previous = ev.previous;
-			show = ev.show;
-			status = ev.status;
-			priority = ev.priority;
-			duration = ev.duration;
-			after = ev.after;
-			since = iso(ev.since);
-			time = iso(ev.time);
-			transitions = ev.transitions;
-			within = ev.within;
-		};
-	});
-end
-
-local function describe(ev)
-	local s = ("%s is %s"):format(ev.jid, ev.kind == "state" and "changed" or ev.kind);
-	if ev.kind == "offline" or ev.kind == "online" then
-		s = s .. (" (was %s for %gs)"):format(ev.previous, ev.duration);
-	end
-	if ev.after and ev.after > 0 then s = s .. (" [for %gs]"):format(ev.after); end
-	if ev.kind == "flapping" then s = s .. (" (%d transitions within %gs)"):format(ev.transitions, ev.within); end
-	if ev.show then s = s .. " show=" .. ev.show; end
-	if ev.status then s = s .. " status=" .. ev.status; end
-	return s;
-end
-
-local function publish(rule, ev)
-	local svc = prosody.hosts[pubsub_service];
-	local pubsub = svc and svc.modules and svc.modules.pubsub;
-	local service = pubsub and pubsub.service;
-	if not service then
-		module:log("warn", "Rule %q: no PubSub service on %s", rule.name, pubsub_service);
-		return;
-	end
-	local id = ("%s-%s-%d"):format(ev.kind, ev.jid, math.floor(ev.time * 1000));
-	local item = st.stanza("item", { id = id, xmlns = "http://jabber.org/protocol/pubsub" })
-		:tag("event", { xmlns = "urn:brisk:iot:0", kind = ev.kind, jid = ev.jid, state = ev.state,
-			time = iso(ev.time), rule = rule.name })
-			:text_tag("status", ev.status):up();
-	local ok, err = service:publish(rule.pubsub, true, id, item);
-	if not ok and err == "item-not-found" then
-		service:create(rule.pubsub, true);
-		ok, err = service:publish(rule.pubsub, true, id, item);
-	end
-	if not ok then module:log("warn", "Rule %q: publish to %s failed: %s", rule.name, rule.pubsub, tostring(err)); end
-end
+-- The side effects of rules' targets (brisk.iot.sinks).
+local fx = {
+	webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
+	send_message = send_message;
+	pubsub = function (service_host)
+		local svc = prosody.hosts[service_host];
+		local pubsub = svc and svc.modules and svc.modules.pubsub;
+		return pubsub and pubsub.service;
+	end;
+	log = function (level, ...) module:log(level, ...); end;
+};
 
 local function run_rule(rule, ev)
-	module:log("debug", "Rule %q fired: %s", rule.name, describe(ev));
-	if rule.webhook then
-		webhooks:send(rule.webhook, rule.key, ev.jid, webhook_body(ev, rule));
+	module:log("debug", "Rule %q fired: %s", rule.name, sinks.describe(ev));
+	for _, sink in ipairs(sinks.list) do
+		local target = rule.targets[sink.name];
+		if target ~= nil then sink.run(target, rule, ev, fx); end
 	end
-	if rule.notify then
-		local text = ("[%s] %s"):format(rule.name, describe(ev));
-		for _, to in ipairs(rule.notify) do send_message(to, text); end
-	end
-	if rule.pubsub then publish(rule, ev); end
-	if rule.log then module:log(rule.log, "Rule %q: %s", rule.name, describe(ev)); end
 end
 
 local SHOW = { away = true, chat = true, dnd = true, xa = true };
@@ -364,32 +278,12 @@ function dispatch_event(ev, ctx)
 	ev.previous_show = ev.previous_show_class ~= "" and ev.previous_show_class or
 		(ev.previous == "online" and "available" or nil);
 	ev.show_class, ev.previous_show_class = nil, nil;
-	-- Rules: the engine said which match the device, event and timing; the
-	-- status/show conditions are checked here.
-	local fired = {};
-	for _, i in ipairs(ev.rules) do
-		local rule = rules[i];
-		if rules_lib.has_condition(rule) then
-			local holds = rules_lib.condition(rule, ev);
-			if holds and not latched[i][ev.jid] then
-				latched[i][ev.jid] = true;
-				fired[#fired + 1] = rule;
-			elseif not holds then
-				latched[i][ev.jid] = nil;
-			end
-		else
-			fired[#fired + 1] = rule;
-		end
-	end
-	if ev.kind == "offline" then
-		for i = 1, #rules do latched[i][ev.jid] = nil; end
-	end
-	local names = {};
-	for i, r in ipairs(fired) do names[i] = r.name; end
+	-- The rules this event fires: the engine judged device, event, timing
+	-- and status/show conditions.
+	local fired, names = {}, {};
+	for i, r in ipairs(ev.rules) do fired[i] = rules[r]; names[i] = rules[r].name; end
 	ev.rules = names;
 	ev.rule = names[1];
-	-- Timer events exist only for rules; if their conditions failed, stop.
-	if ev.after > 0 and #fired == 0 then return; end
 	measure_event[ev.kind]();
 	module:fire_event("iot/" .. ev.kind, ev);
 	if script_set.handlers[ev.kind] or script_set.handlers["*"] then
@@ -448,7 +342,7 @@ for bare, user in pairs(bare_sessions) do
 		end
 	end
 end
-while engine:pop() do end
+engine:clear();
 
 -- Listing: prosodyctl shell and HTTP ----------------------------------------------
 
