@@ -18,7 +18,7 @@ local time_now = try "util.time".now;
 -- Through brisk.loader, which also finds the C core in a luarocks tree.
 local presence = require "brisk.loader".require("brisk.presence", module.path);
 local config = require "brisk.iot.config";
-local sinks = require "brisk.iot.sinks";
+local dispatch_lib = require "brisk.iot.dispatch";
 local webhook_lib = require "brisk.iot.webhook";
 local scripts_lib = require "brisk.iot.scripts";
 
@@ -87,7 +87,6 @@ local webhooks = webhook_lib.new{
 -- Hook scripts -------------------------------------------------------------
 
 local lfs = require "lfs";
-local script_set = { handlers = {}, scripts = {}, errors = 0 };
 
 local function list_dir(dir)
 	local names = {};
@@ -115,31 +114,6 @@ local function send_message(to, text)
 	if not to_jid then error("send_message: invalid JID '" .. tostring(to) .. "'", 2); end
 	module:send(st.message({ from = host, to = to_jid, type = "chat" }):text_tag("body", tostring(text)));
 end
-
-local function load_scripts()
-	local paths = scripts_lib.expand(hook_script_paths, list_dir);
-	local set, errors = scripts_lib.load(paths, {
-		log = function (level, ...) module:log(level, ...); end;
-		send_message = send_message;
-		device = public_device;
-		config = script_config;
-		now = time_now;
-		json = { encode = json.encode, decode = json.decode };
-		read_file = read_file;
-	});
-	for _, e in ipairs(errors) do
-		module:log("error", "Hook script not loaded: %s", e);
-	end
-	script_set = set;
-	module:log("debug", "Loaded %d hook script(s): %s", #set.scripts, table.concat(set.scripts, ", "));
-end
-load_scripts();
-
-module:hook_global("config-reloaded", function ()
-	hook_script_paths = get_option("iot_hook_scripts", "array", {});
-	script_config = get_option("iot_script_config", "raw", {});
-	load_scripts();
-end);
 
 -- Devices' aggregate presence -------------------------------------------------
 
@@ -181,7 +155,52 @@ local function leading(bare, override, override_stanza)
 	return best, best_stanza, best_prio;
 end
 
-local dispatch_event; -- below
+-- Events -------------------------------------------------------------------------
+
+local dispatcher = dispatch_lib.new{
+	rules = rules;
+	fx = {
+		fire = function (kind, ev) module:fire_event("iot/" .. kind, ev); end;
+		count = function (kind) measure_event[kind](); end;
+		hook_error = function () measure_hook_errors(); end;
+		log = function (level, ...) module:log(level, ...); end;
+		presence_of = function (jid) return leading(jid); end;
+		send_message = send_message;
+		webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
+		pubsub = function (service_host)
+			local svc = prosody.hosts[service_host];
+			local pubsub = svc and svc.modules and svc.modules.pubsub;
+			return pubsub and pubsub.service;
+		end;
+	};
+};
+
+local function load_scripts()
+	local paths = scripts_lib.expand(hook_script_paths, list_dir);
+	local set, errors = scripts_lib.load(paths, {
+		log = function (level, ...) module:log(level, ...); end;
+		send_message = send_message;
+		device = public_device;
+		config = script_config;
+		now = time_now;
+		json = { encode = json.encode, decode = json.decode };
+		read_file = read_file;
+	});
+	for _, e in ipairs(errors) do
+		module:log("error", "Hook script not loaded: %s", e);
+	end
+	dispatcher:set_scripts(set);
+	module:log("debug", "Loaded %d hook script(s): %s", #set.scripts, table.concat(set.scripts, ", "));
+end
+load_scripts();
+
+module:hook_global("config-reloaded", function ()
+	hook_script_paths = get_option("iot_hook_scripts", "array", {});
+	script_config = get_option("iot_script_config", "raw", {});
+	load_scripts();
+end);
+
+-- Presence in, events out ----------------------------------------------------------
 
 local function feed(bare, cause_session, override, override_stanza)
 	local now = time_now();
@@ -193,17 +212,7 @@ local function feed(bare, cause_session, override, override_stanza)
 	else
 		n = engine:update(bare, now, false);
 	end
-	if n and n > 0 then
-		local ctx = {
-			session = lead or cause_session;
-			stanza = pres;
-		};
-		while true do
-			local ev = engine:pop();
-			if not ev then break; end
-			dispatch_event(ev, ctx);
-		end
-	end
+	if n and n > 0 then dispatcher:drain(engine, lead or cause_session, pres); end
 end
 
 -- Outgoing presence from a local client, before mod_presence stores it.
@@ -234,73 +243,6 @@ module:hook("pre-stanza", function (event)
 	end
 end, 1000);
 
--- Events -------------------------------------------------------------------------
-
--- The side effects of rules' targets (brisk.iot.sinks).
-local fx = {
-	webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
-	send_message = send_message;
-	pubsub = function (service_host)
-		local svc = prosody.hosts[service_host];
-		local pubsub = svc and svc.modules and svc.modules.pubsub;
-		return pubsub and pubsub.service;
-	end;
-	log = function (level, ...) module:log(level, ...); end;
-};
-
-local function run_rule(rule, ev)
-	module:log("debug", "Rule %q fired: %s", rule.name, sinks.describe(ev));
-	for _, sink in ipairs(sinks.list) do
-		local target = rule.targets[sink.name];
-		if target ~= nil then sink.run(target, rule, ev, fx); end
-	end
-end
-
-local SHOW = { away = true, chat = true, dnd = true, xa = true };
-
-function dispatch_event(ev, ctx)
-	-- Presence details: for immediate events the presence that caused
-	-- them; for timer events the device's current leading resource.
-	local session, stanza = ctx and ctx.session, ctx and ctx.stanza;
-	if ev.state == "online" and not stanza then
-		session, stanza = leading(ev.jid);
-	end
-	ev.username, ev.host = jid_util.split(ev.jid);
-	ev.resource = session and session.resource;
-	if stanza and ev.state == "online" then
-		ev.stanza = stanza;
-		local sh = stanza:get_child_text("show");
-		ev.show = SHOW[sh] and sh or (sh == nil and "available" or sh);
-		ev.status = stanza:get_child_text("status");
-	elseif ev.state == "offline" then
-		ev.show, ev.status, ev.priority = "unavailable", nil, nil;
-	end
-	ev.previous_show = ev.previous_show_class ~= "" and ev.previous_show_class or
-		(ev.previous == "online" and "available" or nil);
-	ev.show_class, ev.previous_show_class = nil, nil;
-	-- The rules this event fires: the engine judged device, event, timing
-	-- and status/show conditions.
-	local fired, names = {}, {};
-	for i, r in ipairs(ev.rules) do fired[i] = rules[r]; names[i] = rules[r].name; end
-	ev.rules = names;
-	ev.rule = names[1];
-	measure_event[ev.kind]();
-	module:fire_event("iot/" .. ev.kind, ev);
-	if script_set.handlers[ev.kind] or script_set.handlers["*"] then
-		local copy = {};
-		for k, v in pairs(ev) do if k ~= "stanza" then copy[k] = v; end end
-		copy.xml = stanza and tostring(stanza) or nil;
-		scripts_lib.dispatch(script_set, copy, function (script, err)
-			measure_hook_errors();
-			module:log("error", "Hook script %s failed on %s for %s: %s", script, ev.kind, ev.jid, tostring(err));
-		end);
-	end
-	for _, rule in ipairs(fired) do
-		local ok, err = pcall(run_rule, rule, ev);
-		if not ok then module:log("error", "Rule %q failed: %s", rule.name, tostring(err)); end
-	end
-end
-
 -- The one timer -----------------------------------------------------------------
 
 local function update_gauges()
@@ -315,14 +257,7 @@ end
 local gauge_due = 0;
 module:add_timer(tick_interval, function ()
 	local now = time_now();
-	if engine:tick(now) > 0 then
-		while true do
-			local ev = engine:pop();
-			if not ev then break; end
-			local ok, err = pcall(dispatch_event, ev, nil);
-			if not ok then module:log("error", "Dispatching %s for %s failed: %s", ev.kind, ev.jid, tostring(err)); end
-		end
-	end
+	if engine:tick(now) > 0 then dispatcher:drain_timers(engine); end
 	if now >= gauge_due then
 		gauge_due = now + 10;
 		update_gauges();
@@ -377,8 +312,8 @@ registry[host] = {
 		s.webhook = {};
 		for k, v in pairs(webhooks.stats) do s.webhook[k] = v; end
 		s.webhook.queued = webhooks:queued();
-		s.hook_errors = script_set.errors;
-		s.scripts = #script_set.scripts;
+		s.hook_errors = dispatcher.scripts.errors;
+		s.scripts = #dispatcher.scripts.scripts;
 		return s;
 	end;
 };
@@ -411,4 +346,4 @@ if http_listing then
 end
 
 module:log("info", "Tracking devices %s with %d rule(s), %d hook script(s)",
-	table.concat(selectors, ", "), #rules, #script_set.scripts);
+	table.concat(selectors, ", "), #rules, #dispatcher.scripts.scripts);
