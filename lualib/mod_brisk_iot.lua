@@ -8,6 +8,15 @@
 -- is fired as a Prosody event (iot/online, ...), handed to hook scripts
 -- (iot_hook_scripts) and to the rules of iot_rules, whose actions are
 -- signed webhooks, messages, PubSub publishes and log lines.
+--
+-- This file is the coupling with Prosody: options, hooks, sessions, the
+-- timer, metrics, and the side effects the libraries are given.
+--   brisk.iot.config    options; the engine and the rules' targets
+--   brisk.iot.dispatch  what happens to each event (with brisk.iot.sinks)
+--   brisk.iot.webhook   signed webhook delivery
+--   brisk.iot.scripts   the hook script sandbox
+--   brisk.iot.listing   the device list for the shell and HTTP
+-- The shell commands live in mod_brisk_iot_shell, a global module.
 
 local try = require "brisk.prosody".lib;
 
@@ -19,8 +28,9 @@ local time_now = try "util.time".now;
 local presence = require "brisk.loader".require("brisk.presence", module.path);
 local config = require "brisk.iot.config";
 local dispatch_lib = require "brisk.iot.dispatch";
-local webhook_lib = require "brisk.iot.webhook";
+local listing = require "brisk.iot.listing";
 local scripts_lib = require "brisk.iot.scripts";
+local webhook_lib = require "brisk.iot.webhook";
 
 local host = module.host;
 local bare_sessions = prosody.bare_sessions;
@@ -34,11 +44,6 @@ local function get_option(name, kind, default)
 	return module["get_option_" .. kind](module, name, default);
 end
 local options = config.read(get_option);
-local tick_interval = options.tick_interval;
-local hook_script_paths = options.hook_scripts;
-local script_config = options.script_config;
-local http_listing = options.http_listing;
-local http_token = options.http_token;
 
 -- Rules are compiled before anything else is set up: a bad rule stops the
 -- module from loading, with the rule and the problem in the message.
@@ -61,7 +66,9 @@ local measure_retried = module:measure("webhook_retried", "rate");
 local measure_latency = module:measure("webhook_latency", "distribution", { unit = "seconds" });
 local measure_hook_errors = module:measure("hook_errors", "rate");
 
--- Webhooks ---------------------------------------------------------------
+-- Side effects -------------------------------------------------------------
+
+local function log(level, ...) module:log(level, ...); end
 
 local http = try "net.http";
 local webhooks = webhook_lib.new{
@@ -81,10 +88,79 @@ local webhooks = webhook_lib.new{
 		dropped = function () measure_dropped(); end;
 		retried = function () measure_retried(); end;
 	};
-	log = function (level, ...) module:log(level, ...); end;
+	log = log;
 };
 
--- Hook scripts -------------------------------------------------------------
+local function send_message(to, text)
+	local to_jid = jid_util.prep(tostring(to));
+	if not to_jid then error("send_message: invalid JID '" .. tostring(to) .. "'", 2); end
+	module:send(st.message({ from = host, to = to_jid, type = "chat" }):text_tag("body", tostring(text)));
+end
+
+-- The PubSub service of a local pubsub component, or nil.
+local function pubsub_service(service_host)
+	local svc = prosody.hosts[service_host];
+	local pubsub = svc and svc.modules and svc.modules.pubsub;
+	return pubsub and pubsub.service;
+end
+
+-- Devices' aggregate presence -----------------------------------------------
+
+local seq = 0;
+
+-- Everything in a presence besides show, status, priority and delay: its
+-- extension elements (caps, sensor readings...), as one string.
+local function payload_of(stanza)
+	local parts;
+	for _, tag in ipairs(stanza.tags) do
+		local name, xmlns = tag.name, tag.attr.xmlns;
+		if not ((name == "show" or name == "status" or name == "priority") and (xmlns == nil or xmlns == "jabber:client"))
+		and not (name == "delay" and xmlns == "urn:xmpp:delay") then
+			parts = parts or {};
+			parts[#parts + 1] = tostring(tag);
+		end
+	end
+	return parts and table.concat(parts) or nil;
+end
+
+-- The leading resource of a user: available, highest priority (read as
+-- mod_presence reads it), then the most recent presence.
+-- override/override_stanza stand for a presence that is being processed
+-- (not yet stored in the session), or false for one that is going away.
+local function leading(bare, override, override_stanza)
+	local user = bare_sessions[bare];
+	local best, best_stanza, best_prio, best_seq;
+	for _, s in pairs(user and user.sessions or {}) do
+		local p = s.presence;
+		if s == override then p = override_stanza; end
+		if p and not s.destroyed then
+			local prio = presence.priority(p:get_child_text("priority"));
+			local sq = s == override and math.huge or (s.brisk_iot_seq or 0);
+			if not best or prio > best_prio or (prio == best_prio and sq > best_seq) then
+				best, best_stanza, best_prio, best_seq = s, p, prio, sq;
+			end
+		end
+	end
+	return best, best_stanza, best_prio;
+end
+
+-- Events -------------------------------------------------------------------
+
+local dispatcher = dispatch_lib.new{
+	rules = rules;
+	fx = {
+		fire = function (kind, ev) module:fire_event("iot/" .. kind, ev); end;
+		count = function (kind) measure_event[kind](); end;
+		hook_error = function () measure_hook_errors(); end;
+		log = log;
+		presence_of = function (jid) return leading(jid); end;
+		send_message = send_message;
+		webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
+		pubsub = pubsub_service;
+	};
+};
+
+-- Hook scripts ---------------------------------------------------------------
 
 local lfs = require "lfs";
 
@@ -104,83 +180,11 @@ local function read_file(path)
 	return data;
 end
 
-local function public_device(jid)
-	local d = engine:get(jid);
-	return d;
-end
-
-local function send_message(to, text)
-	local to_jid = jid_util.prep(tostring(to));
-	if not to_jid then error("send_message: invalid JID '" .. tostring(to) .. "'", 2); end
-	module:send(st.message({ from = host, to = to_jid, type = "chat" }):text_tag("body", tostring(text)));
-end
-
--- Devices' aggregate presence -------------------------------------------------
-
-local seq = 0;
-
--- Everything in a presence besides show, status, priority and delay: its
--- extension elements (caps, sensor readings...), as one string.
-local function payload_of(stanza)
-	local parts;
-	for _, tag in ipairs(stanza.tags) do
-		local name, xmlns = tag.name, tag.attr.xmlns;
-		if not ((name == "show" or name == "status" or name == "priority") and (xmlns == nil or xmlns == "jabber:client"))
-		and not (name == "delay" and xmlns == "urn:xmpp:delay") then
-			parts = parts or {};
-			parts[#parts + 1] = tostring(tag);
-		end
-	end
-	return parts and table.concat(parts) or nil;
-end
-
--- The leading resource of a user: available, highest priority, then the
--- most recent presence. override/override_stanza stand for a presence that
--- is being processed (not yet stored in the session), or false for one
--- that is going away.
-local function leading(bare, override, override_stanza)
-	local user = bare_sessions[bare];
-	local best, best_stanza, best_prio, best_seq;
-	for _, s in pairs(user and user.sessions or {}) do
-		local p = s.presence;
-		if s == override then p = override_stanza; end
-		if p and not s.destroyed then
-			local prio = presence.priority(p:get_child_text("priority"));
-			local sq = s == override and math.huge or (s.brisk_iot_seq or 0);
-			if not best or prio > best_prio or (prio == best_prio and sq > best_seq) then
-				best, best_stanza, best_prio, best_seq = s, p, prio, sq;
-			end
-		end
-	end
-	return best, best_stanza, best_prio;
-end
-
--- Events -------------------------------------------------------------------------
-
-local dispatcher = dispatch_lib.new{
-	rules = rules;
-	fx = {
-		fire = function (kind, ev) module:fire_event("iot/" .. kind, ev); end;
-		count = function (kind) measure_event[kind](); end;
-		hook_error = function () measure_hook_errors(); end;
-		log = function (level, ...) module:log(level, ...); end;
-		presence_of = function (jid) return leading(jid); end;
+local function load_scripts(paths, script_config)
+	local set, errors = scripts_lib.load(scripts_lib.expand(paths, list_dir), {
+		log = log;
 		send_message = send_message;
-		webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
-		pubsub = function (service_host)
-			local svc = prosody.hosts[service_host];
-			local pubsub = svc and svc.modules and svc.modules.pubsub;
-			return pubsub and pubsub.service;
-		end;
-	};
-};
-
-local function load_scripts()
-	local paths = scripts_lib.expand(hook_script_paths, list_dir);
-	local set, errors = scripts_lib.load(paths, {
-		log = function (level, ...) module:log(level, ...); end;
-		send_message = send_message;
-		device = public_device;
+		device = function (jid) return engine:get(jid); end;
 		config = script_config;
 		now = time_now;
 		json = { encode = json.encode, decode = json.decode };
@@ -192,15 +196,13 @@ local function load_scripts()
 	dispatcher:set_scripts(set);
 	module:log("debug", "Loaded %d hook script(s): %s", #set.scripts, table.concat(set.scripts, ", "));
 end
-load_scripts();
+load_scripts(options.hook_scripts, options.script_config);
 
 module:hook_global("config-reloaded", function ()
-	hook_script_paths = get_option("iot_hook_scripts", "array", {});
-	script_config = get_option("iot_script_config", "raw", {});
-	load_scripts();
+	load_scripts(get_option("iot_hook_scripts", "array", {}), get_option("iot_script_config", "raw", {}));
 end);
 
--- Presence in, events out ----------------------------------------------------------
+-- Presence in, events out ------------------------------------------------------
 
 local function feed(bare, cause_session, override, override_stanza)
 	local now = time_now();
@@ -254,6 +256,7 @@ local function update_gauges()
 	measure_queued((webhooks:queued()));
 end
 
+local tick_interval = options.tick_interval;
 local gauge_due = 0;
 module:add_timer(tick_interval, function ()
 	local now = time_now();
@@ -267,7 +270,8 @@ end);
 
 -- Devices already online when the module loads (module reload, late load)
 -- are entered silently: announcing them all as "online" again would set
--- off every online rule for the whole fleet.
+-- off every online rule for the whole fleet. Their events are dropped
+-- unseen, so no condition counts as reported either.
 for bare, user in pairs(bare_sessions) do
 	if jid_util.host(bare) == host and user.sessions then
 		local lead, pres, prio = leading(bare);
@@ -281,41 +285,13 @@ engine:clear();
 
 -- Listing: prosodyctl shell and HTTP ----------------------------------------------
 
--- The devices whose JID matches pattern (all without one), at most limit
--- of them, and the engine's stats; nil and a message for a bad pattern.
-local function list_devices(pattern, limit)
-	local g, err;
-	if pattern then
-		g, err = presence.glob(pattern);
-		if not g then return nil, ("bad pattern '%s': %s"):format(pattern, err); end
-	end
-	local out = {};
-	local s = engine:stats();
-	for i = 1, s.devices do
-		local d = engine:device(i);
-		if not g or g:match(d.jid) then
-			out[#out + 1] = d;
-			if limit and #out >= limit then break; end
-		end
-	end
-	return out, s;
-end
-
 -- prosodyctl shell: iot:devices(), iot:stats() (mod_brisk_iot_shell, global)
 -- list what each host registers here.
 module:depends("brisk_iot_shell");
 local registry = module:shared("/*/brisk_iot/hosts");
 registry[host] = {
-	list = list_devices;
-	stats = function ()
-		local s = engine:stats();
-		s.webhook = {};
-		for k, v in pairs(webhooks.stats) do s.webhook[k] = v; end
-		s.webhook.queued = webhooks:queued();
-		s.hook_errors = dispatcher.scripts.errors;
-		s.scripts = #dispatcher.scripts.scripts;
-		return s;
-	end;
+	list = function (pattern, limit) return listing.devices(engine, pattern, limit); end;
+	stats = function () return listing.stats(engine, webhooks, dispatcher.scripts); end;
 };
 function module.unload()
 	registry[host] = nil;
@@ -323,24 +299,12 @@ end
 
 -- HTTP JSON listing (off unless iot_http_listing = true; with
 -- iot_http_token set, requests must carry "Authorization: Bearer <token>").
-if http_listing then
+if options.http_listing then
 	module:depends("http");
 	module:provides("http", {
 		default_path = "/iot";
 		route = {
-			["GET /devices"] = function (event)
-				local request, response = event.request, event.response;
-				if http_token then
-					local auth = request.headers.authorization;
-					if auth ~= "Bearer " .. http_token then return 401; end
-				end
-				local pattern = request.url.query and request.url.query:match("match=([^&]+)");
-				if pattern then pattern = pattern:gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end); end
-				local list, s = list_devices(pattern, nil);
-				if not list then return 400; end
-				response.headers.content_type = "application/json";
-				return json.encode({ host = host, devices = list, total = s.devices, online = s.online, offline = s.offline });
-			end;
+			["GET /devices"] = listing.http_handler{ engine = engine, host = host, token = options.http_token };
 		};
 	});
 end

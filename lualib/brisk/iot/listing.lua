@@ -1,0 +1,63 @@
+-- brisk.iot.listing — what mod_brisk_iot shows of its fleet: the device
+-- list and counters behind `prosodyctl shell` (iot:devices(), iot:stats()
+-- in mod_brisk_iot_shell) and the HTTP listing, GET /iot/devices.
+
+local presence = require "brisk.presence";
+local prosody_lib = require "brisk.prosody".lib;
+local json = prosody_lib "util.json";
+
+local M = {};
+
+-- The devices of engine whose JID matches pattern (all without one), at
+-- most limit of them, and the engine's stats; nil and a message for a bad
+-- pattern.
+function M.devices(engine, pattern, limit)
+	local g, err;
+	if pattern then
+		g, err = presence.glob(pattern);
+		if not g then return nil, ("bad pattern '%s': %s"):format(pattern, err); end
+	end
+	local out = {};
+	local s = engine:stats();
+	for i = 1, s.devices do
+		local d = engine:device(i);
+		if not g or g:match(d.jid) then
+			out[#out + 1] = d;
+			if limit and #out >= limit then break; end
+		end
+	end
+	return out, s;
+end
+
+-- The counters iot:stats() prints: the engine's, the webhook queue's
+-- (brisk.iot.webhook) and the hook scripts' (brisk.iot.scripts set).
+function M.stats(engine, webhooks, scripts)
+	local s = engine:stats();
+	s.webhook = {};
+	for k, v in pairs(webhooks.stats) do s.webhook[k] = v; end
+	s.webhook.queued = webhooks:queued();
+	s.hook_errors = scripts.errors;
+	s.scripts = #scripts.scripts;
+	return s;
+end
+
+-- The handler of "GET /devices[?match=glob]" (net.http.server's event).
+-- opts: engine, host, token (iot_http_token; nil: no authorization).
+function M.http_handler(opts)
+	local engine, host, http_token = opts.engine, opts.host, opts.token;
+	return function (event)
+		local request, response = event.request, event.response;
+		if http_token then
+			local auth = request.headers.authorization;
+			if auth ~= "Bearer " .. http_token then return 401; end
+		end
+		local pattern = request.url.query and request.url.query:match("match=([^&]+)");
+		if pattern then pattern = pattern:gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end); end
+		local list, s = M.devices(engine, pattern, nil);
+		if not list then return 400; end
+		response.headers.content_type = "application/json";
+		return json.encode({ host = host, devices = list, total = s.devices, online = s.online, offline = s.offline });
+	end;
+end
+
+return M;
