@@ -1,9 +1,15 @@
 -- brisk.iot.listing — what mod_brisk_iot shows of its fleet: the device
 -- list and counters behind `prosodyctl shell` (iot:devices(), iot:stats()
 -- in mod_brisk_iot_shell) and the HTTP listing, GET /iot/devices.
+--
+-- The HTTP handler checks the bearer token in constant time (util.hashes;
+-- both sides are hashed first, so that not even the token's length leaks)
+-- and reads the query with Prosody's own form decoding (util.http).
 
 local presence = require "brisk.presence";
 local prosody_lib = require "brisk.prosody".lib;
+local hashes = prosody_lib "util.hashes";
+local http_util = prosody_lib "util.http";
 local json = prosody_lib "util.json";
 
 local M = {};
@@ -44,15 +50,20 @@ end
 -- The handler of "GET /devices[?match=glob]" (net.http.server's event).
 -- opts: engine, host, token (iot_http_token; nil: no authorization).
 function M.http_handler(opts)
-	local engine, host, http_token = opts.engine, opts.host, opts.token;
+	local engine, host = opts.engine, opts.host;
+	local expected = opts.token and hashes.sha256("Bearer " .. opts.token);
 	return function (event)
 		local request, response = event.request, event.response;
-		if http_token then
+		if expected then
 			local auth = request.headers.authorization;
-			if auth ~= "Bearer " .. http_token then return 401; end
+			if not (auth and hashes.equals(hashes.sha256(auth), expected)) then return 401; end
 		end
-		local pattern = request.url.query and request.url.query:match("match=([^&]+)");
-		if pattern then pattern = pattern:gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end); end
+		local pattern;
+		local query = request.url and request.url.query;
+		if query then
+			local form = http_util.formdecode(query);
+			if type(form) == "table" and form.match ~= "" then pattern = form.match; end
+		end
 		local list, s = M.devices(engine, pattern, nil);
 		if not list then return 400; end
 		response.headers.content_type = "application/json";
