@@ -425,12 +425,10 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
 }
 
 /* Count ring entries within the last "within" cs. */
-static int ring_count(const Engine *e, const Device *d, uint32_t now,
-                      uint32_t within) {
+static int ring_count(const Device *d, uint32_t now, uint32_t within) {
   int k, c = 0;
   for (k = 0; k < d->ringlen; k++)
     if (now - d->ring[k] < within || d->ring[k] > now) c++;
-  (void)e;
   return c;
 }
 
@@ -445,7 +443,7 @@ static void flapping(lua_State *L, Engine *e, uint32_t di, Device *d,
   d->ringhead = (uint8_t)((d->ringhead + 1) % e->rs.ring);
   if (d->ringlen < e->rs.ring) d->ringlen++;
   for (k = 0; k < e->rs.ndet; k++) {
-    int c = ring_count(e, d, now, e->rs.det_within[k]);
+    int c = ring_count(d, now, e->rs.det_within[k]);
     if ((uint32_t)c >= e->rs.det_n[k]) {
       if (!(d->flap & (1u << k)) && (dm & e->rs.detmask[k])) {
         Event *ev;
@@ -465,7 +463,7 @@ static void flapping(lua_State *L, Engine *e, uint32_t di, Device *d,
   }
 }
 
-/* Parse the presence fields of an update at stack index base. */
+/* The <show/> of a presence as an index into show_names (none: 0). */
 static uint8_t show_index(const char *s) {
   int i;
   if (s == NULL) return 0;
@@ -894,7 +892,7 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
   }
   for (k = 0; k < e->rs.ndet; k++)
     if ((d->flap & (1u << k)) &&
-        (uint32_t)ring_count(e, d, now, e->rs.det_within[k]) >= e->rs.det_n[k])
+        (uint32_t)ring_count(d, now, e->rs.det_within[k]) >= e->rs.det_n[k])
       flap = 1;
   lua_pushboolean(L, flap); lua_setfield(L, -2, "flapping");
 }

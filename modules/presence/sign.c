@@ -85,5 +85,5 @@ static const luaL_Reg sign_funcs[] = {
 void presence_open_sign(lua_State *L, int mod) {
   if (sodium_init() < 0) brisk_raise(L, "brisk.presence: libsodium failed to start");
   luaL_setfuncs(L, sign_funcs, 0);
-  (void)mod;
+  BRISK_UNUSED(mod);
 }
