@@ -965,9 +965,12 @@ static int l_gc(lua_State *L) {
 /* ------------------------------------------------------ Lua: construction */
 
 /*
-** presence.new{ now = t, rules = { {on=, match=, after=, transitions=,
-** within=, name=}, ... }, devices = { glob, ... } }
-** Raises an error naming the rule and the problem on a bad rule.
+** presence.new{ now = t, rules = { {name=, on=, match=, after=,
+** transitions=, within=, status=, below=, above=, show=}, ... },
+** devices = { glob, ... } }
+** Raises an error naming the rule and the problem on a bad rule (rules.c),
+** a field no rule has among them: the configuration is wrong, and the
+** module that passes it on does not load.
 */
 static int l_new(lua_State *L) {
   Engine *e;
