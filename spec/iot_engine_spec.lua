@@ -415,9 +415,11 @@ describe("brisk.presence engine", function ()
 		assert.is_false(presence.glob("a\\*@h"):match("ab@h"));
 		assert.is_true(presence.glob("*a*b*c*@*"):match("xxaxxbxxcxx@h"));
 		assert.is_false(presence.glob("*a*b*c*@*"):match("xxaxxcxxbxx@h"));
-		for _, bad in ipairs{ "", "a@", "a b@h", "x\\", "a@b@c", "a@h/r", ("x"):rep(3000) } do
+		for _, bad in ipairs{ "", "a@", "a b@h", "x\\", "a@b@c", "a@h/r", ("x"):rep(3000), "*\x88", "a\xc3@h" } do
 			assert.is_nil((presence.glob(bad)), bad);
 		end
+		assert.equal("pattern is not valid UTF-8", select(2, presence.glob("a\xa9@h")));
+		assert.is_true(presence.glob("\xc3\xa9*@h"):match("\xc3\xa9t\xc3\xa9@h"));
 		-- Against Lua patterns built from the same globs, on random inputs.
 		math.randomseed(3);
 		local alphabet = { "a", "b", "-", "*", "?", "@" };

@@ -12,12 +12,35 @@
 
 #define GLOB_META "brisk.presence.Glob"
 
+/*
+** Whether s is well-formed UTF-8 as far as its structure goes: each lead
+** byte followed by as many continuation bytes as it announces, and no
+** continuation byte anywhere else. '*' and '?' step over whole characters
+** while literals compare bytes; a literal that is a stray continuation
+** byte could then match where no star can stop, and the one-backtrack
+** matcher below would disagree with a full search. Valid JIDs are UTF-8,
+** so a pattern that is not can only be a mistake.
+*/
+static int valid_utf8(const char *s, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    unsigned char c = (unsigned char)s[i++];
+    int more = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2
+             : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+    if (more < 0) return 0;
+    while (more-- > 0)
+      if (i >= len || ((unsigned char)s[i++] & 0xC0) != 0x80) return 0;
+  }
+  return 1;
+}
+
 int presence_glob_compile(const char *p, size_t len, int16_t *tok,
                           const char **err) {
   size_t i;
   int n = 0, ats = 0, afterat = 0;
   if (len == 0) { *err = "empty pattern"; return -1; }
   if (len > PRESENCE_GLOB_MAXLEN) { *err = "pattern too long"; return -1; }
+  if (!valid_utf8(p, len)) { *err = "pattern is not valid UTF-8"; return -1; }
   /* A pattern naming only a host ("devices.example.com") selects every
   ** account of that host; find out first whether an unescaped '@' exists. */
   for (i = 0; i < len; i++) {
