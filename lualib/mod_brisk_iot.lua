@@ -8,6 +8,15 @@
 -- is fired as a Prosody event (iot/online, ...), handed to hook scripts
 -- (iot_hook_scripts) and to the rules of iot_rules, whose actions are
 -- signed webhooks, messages, PubSub publishes and log lines.
+--
+-- This file is the coupling with Prosody: options, hooks, sessions, the
+-- timer, metrics, and the side effects the libraries are given.
+--   brisk.iot.config    options; the engine and the rules' targets
+--   brisk.iot.dispatch  what happens to each event (with brisk.iot.sinks)
+--   brisk.iot.webhook   signed webhook delivery
+--   brisk.iot.scripts   the hook script sandbox
+--   brisk.iot.listing   the device list for the shell and HTTP
+-- The shell commands live in mod_brisk_iot_shell, a global module.
 
 local try = require "brisk.prosody".lib;
 
@@ -17,9 +26,11 @@ local json = try "util.json";
 local time_now = try "util.time".now;
 -- Through brisk.loader, which also finds the C core in a luarocks tree.
 local presence = require "brisk.loader".require("brisk.presence", module.path);
-local rules_lib = require "brisk.iot.rules";
-local webhook_lib = require "brisk.iot.webhook";
+local config = require "brisk.iot.config";
+local dispatch_lib = require "brisk.iot.dispatch";
+local listing = require "brisk.iot.listing";
 local scripts_lib = require "brisk.iot.scripts";
+local webhook_lib = require "brisk.iot.webhook";
 
 local host = module.host;
 local bare_sessions = prosody.bare_sessions;
@@ -28,36 +39,16 @@ local KINDS = { "online", "offline", "state", "flapping", "silent" };
 
 -- Configuration --------------------------------------------------------
 
-local device_patterns = module:get_option_array("iot_devices", nil);
-local tick_interval = module:get_option_number("iot_tick_interval", 0.25);
-local pubsub_service = module:get_option_string("iot_pubsub_service", nil);
-local hook_script_paths = module:get_option_array("iot_hook_scripts", {});
-local script_config = module:get_option("iot_script_config", {});
-local http_listing = module:get_option_boolean("iot_http_listing", false);
-local http_token = module:get_option_string("iot_http_token", nil);
-
-local selectors;
-if device_patterns then
-	selectors = {};
-	for i, p in ipairs(device_patterns) do
-		local g, err = presence.glob(p);
-		if not g then error(("iot_devices: bad pattern '%s': %s"):format(tostring(p), err), 0); end
-		selectors[i] = p;
-	end
-else
-	-- By default every local account of this host is a device.
-	selectors = { "*@" .. host };
+local function get_option(name, kind, default)
+	if kind == "raw" then return module:get_option(name, default); end
+	return module["get_option_" .. kind](module, name, default);
 end
+local options = config.read(get_option);
 
--- Rules are validated before anything else is set up: a bad rule stops
--- the module from loading, with the rule and the problem in the message.
-local rules = rules_lib.compile(module:get_option("iot_rules", {}), { pubsub_service = pubsub_service });
-
-local engine = presence.new{
-	now = time_now();
-	rules = rules_lib.engine_rules(rules);
-	devices = selectors;
-};
+-- Rules are compiled before anything else is set up: a bad rule stops the
+-- module from loading, with the rule and the problem in the message.
+local compiled = config.compile(options, { host = host, now = time_now() });
+local engine, rules, selectors = compiled.engine, compiled.rules, compiled.selectors;
 
 -- Metrics ----------------------------------------------------------------
 
@@ -75,7 +66,9 @@ local measure_retried = module:measure("webhook_retried", "rate");
 local measure_latency = module:measure("webhook_latency", "distribution", { unit = "seconds" });
 local measure_hook_errors = module:measure("hook_errors", "rate");
 
--- Webhooks ---------------------------------------------------------------
+-- Side effects -------------------------------------------------------------
+
+local function log(level, ...) module:log(level, ...); end
 
 local http = try "net.http";
 local webhooks = webhook_lib.new{
@@ -83,25 +76,93 @@ local webhooks = webhook_lib.new{
 	timer = function (delay, fn) module:add_timer(delay, function () fn(); end); end;
 	now = time_now;
 	clock = os.time;
-	queue_max = module:get_option_number("iot_webhook_queue_size", 1000);
-	concurrency = module:get_option_number("iot_webhook_concurrency", 4);
-	retries = module:get_option_number("iot_webhook_retries", 5);
-	backoff = module:get_option_number("iot_webhook_backoff", 1);
-	max_backoff = module:get_option_number("iot_webhook_max_backoff", 300);
-	timeout = module:get_option_number("iot_webhook_timeout", 10);
+	queue_max = options.webhook_queue_size;
+	concurrency = options.webhook_concurrency;
+	retries = options.webhook_retries;
+	backoff = options.webhook_backoff;
+	max_backoff = options.webhook_max_backoff;
+	timeout = options.webhook_timeout;
 	on = {
 		sent = function (latency) measure_sent(); measure_latency(latency); end;
 		failed = function () measure_failed(); end;
 		dropped = function () measure_dropped(); end;
 		retried = function () measure_retried(); end;
 	};
-	log = function (level, ...) module:log(level, ...); end;
+	log = log;
 };
 
--- Hook scripts -------------------------------------------------------------
+local function send_message(to, text)
+	local to_jid = jid_util.prep(tostring(to));
+	if not to_jid then error("send_message: invalid JID '" .. tostring(to) .. "'", 2); end
+	module:send(st.message({ from = host, to = to_jid, type = "chat" }):text_tag("body", tostring(text)));
+end
+
+-- The PubSub service of a local pubsub component, or nil.
+local function pubsub_service(service_host)
+	local svc = prosody.hosts[service_host];
+	local pubsub = svc and svc.modules and svc.modules.pubsub;
+	return pubsub and pubsub.service;
+end
+
+-- Devices' aggregate presence -----------------------------------------------
+
+local seq = 0;
+
+-- Everything in a presence besides show, status, priority and delay: its
+-- extension elements (caps, sensor readings...), as one string.
+local function payload_of(stanza)
+	local parts;
+	for _, tag in ipairs(stanza.tags) do
+		local name, xmlns = tag.name, tag.attr.xmlns;
+		if not ((name == "show" or name == "status" or name == "priority") and (xmlns == nil or xmlns == "jabber:client"))
+		and not (name == "delay" and xmlns == "urn:xmpp:delay") then
+			parts = parts or {};
+			parts[#parts + 1] = tostring(tag);
+		end
+	end
+	return parts and table.concat(parts) or nil;
+end
+
+-- The leading resource of a user: available, highest priority (read as
+-- mod_presence reads it), then the most recent presence.
+-- override/override_stanza stand for a presence that is being processed
+-- (not yet stored in the session), or false for one that is going away.
+local function leading(bare, override, override_stanza)
+	local user = bare_sessions[bare];
+	local best, best_stanza, best_prio, best_seq;
+	for _, s in pairs(user and user.sessions or {}) do
+		local p = s.presence;
+		if s == override then p = override_stanza; end
+		if p and not s.destroyed then
+			local prio = presence.priority(p:get_child_text("priority"));
+			local sq = s == override and math.huge or (s.brisk_iot_seq or 0);
+			if not best or prio > best_prio or (prio == best_prio and sq > best_seq) then
+				best, best_stanza, best_prio, best_seq = s, p, prio, sq;
+			end
+		end
+	end
+	return best, best_stanza, best_prio;
+end
+
+-- Events -------------------------------------------------------------------
+
+local dispatcher = dispatch_lib.new{
+	rules = rules;
+	fx = {
+		fire = function (kind, ev) module:fire_event("iot/" .. kind, ev); end;
+		count = function (kind) measure_event[kind](); end;
+		hook_error = function () measure_hook_errors(); end;
+		log = log;
+		presence_of = function (jid) return leading(jid); end;
+		send_message = send_message;
+		webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
+		pubsub = pubsub_service;
+	};
+};
+
+-- Hook scripts ---------------------------------------------------------------
 
 local lfs = require "lfs";
-local script_set = { handlers = {}, scripts = {}, errors = 0 };
 
 local function list_dir(dir)
 	local names = {};
@@ -119,23 +180,11 @@ local function read_file(path)
 	return data;
 end
 
-local function public_device(jid)
-	local d = engine:get(jid);
-	return d;
-end
-
-local function send_message(to, text)
-	local to_jid = jid_util.prep(tostring(to));
-	if not to_jid then error("send_message: invalid JID '" .. tostring(to) .. "'", 2); end
-	module:send(st.message({ from = host, to = to_jid, type = "chat" }):text_tag("body", tostring(text)));
-end
-
-local function load_scripts()
-	local paths = scripts_lib.expand(hook_script_paths, list_dir);
-	local set, errors = scripts_lib.load(paths, {
-		log = function (level, ...) module:log(level, ...); end;
+local function load_scripts(paths, script_config)
+	local set, errors = scripts_lib.load(scripts_lib.expand(paths, list_dir), {
+		log = log;
 		send_message = send_message;
-		device = public_device;
+		device = function (jid) return engine:get(jid); end;
 		config = script_config;
 		now = time_now;
 		json = { encode = json.encode, decode = json.decode };
@@ -144,69 +193,16 @@ local function load_scripts()
 	for _, e in ipairs(errors) do
 		module:log("error", "Hook script not loaded: %s", e);
 	end
-	script_set = set;
+	dispatcher:set_scripts(set);
 	module:log("debug", "Loaded %d hook script(s): %s", #set.scripts, table.concat(set.scripts, ", "));
 end
-load_scripts();
+load_scripts(options.hook_scripts, options.script_config);
 
 module:hook_global("config-reloaded", function ()
-	hook_script_paths = module:get_option_array("iot_hook_scripts", {});
-	script_config = module:get_option("iot_script_config", {});
-	load_scripts();
+	load_scripts(get_option("iot_hook_scripts", "array", {}), get_option("iot_script_config", "raw", {}));
 end);
 
--- Devices' aggregate presence -------------------------------------------------
-
-local seq = 0;
-
-local function parse_priority(p)
-	-- The same reading as mod_presence: an integer, clamped to -128..127.
-	if p and p:find("^[+-]?[0-9]+$") then
-		local n = tonumber(p);
-		if n < -128 then n = -128; end
-		if n > 127 then n = 127; end
-		return n;
-	end
-	return 0;
-end
-
--- Everything in a presence besides show, status, priority and delay: its
--- extension elements (caps, sensor readings...), as one string.
-local function payload_of(stanza)
-	local parts;
-	for _, tag in ipairs(stanza.tags) do
-		local name, xmlns = tag.name, tag.attr.xmlns;
-		if not ((name == "show" or name == "status" or name == "priority") and (xmlns == nil or xmlns == "jabber:client"))
-		and not (name == "delay" and xmlns == "urn:xmpp:delay") then
-			parts = parts or {};
-			parts[#parts + 1] = tostring(tag);
-		end
-	end
-	return parts and table.concat(parts) or nil;
-end
-
--- The leading resource of a user: available, highest priority, then the
--- most recent presence. override/override_stanza stand for a presence that
--- is being processed (not yet stored in the session), or false for one
--- that is going away.
-local function leading(bare, override, override_stanza)
-	local user = bare_sessions[bare];
-	local best, best_stanza, best_prio, best_seq;
-	for _, s in pairs(user and user.sessions or {}) do
-		local p = s.presence;
-		if s == override then p = override_stanza; end
-		if p and not s.destroyed then
-			local prio = parse_priority(p:get_child_text("priority"));
-			local sq = s == override and math.huge or (s.brisk_iot_seq or 0);
-			if not best or prio > best_prio or (prio == best_prio and sq > best_seq) then
-				best, best_stanza, best_prio, best_seq = s, p, prio, sq;
-			end
-		end
-	end
-	return best, best_stanza, best_prio;
-end
-
-local dispatch_event; -- below
+-- Presence in, events out ------------------------------------------------------
 
 local function feed(bare, cause_session, override, override_stanza)
 	local now = time_now();
@@ -218,17 +214,7 @@ local function feed(bare, cause_session, override, override_stanza)
 	else
 		n = engine:update(bare, now, false);
 	end
-	if n and n > 0 then
-		local ctx = {
-			session = lead or cause_session;
-			stanza = pres;
-		};
-		while true do
-			local ev = engine:pop();
-			if not ev then break; end
-			dispatch_event(ev, ctx);
-		end
-	end
+	if n and n > 0 then dispatcher:drain(engine, lead or cause_session, pres); end
 end
 
 -- Outgoing presence from a local client, before mod_presence stores it.
@@ -259,154 +245,6 @@ module:hook("pre-stanza", function (event)
 	end
 end, 1000);
 
--- Events -------------------------------------------------------------------------
-
--- RFC 3339 / XEP-0082 time with milliseconds (util.datetime wants whole seconds).
-local function iso(t)
-	local secs = math.floor(t);
-	return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. (".%03dZ"):format(math.floor((t - secs) * 1000));
-end
-
--- Rules whose status/show condition holds, per device (edge-triggered: a
--- condition rule fires when its condition becomes true, not on every
--- presence while it stays true). Only devices in a true condition are kept.
-local latched = {};
-for i = 1, #rules do latched[i] = {}; end
-
-local function webhook_body(ev, rule)
-	return json.encode({
-		type = "iot." .. ev.kind;
-		timestamp = iso(ev.time);
-		data = {
-			rule = rule.name;
-			jid = ev.jid;
-			resource = ev.resource;
-			state = ev.state;
-			previous = ev.previous;
-			show = ev.show;
-			status = ev.status;
-			priority = ev.priority;
-			duration = ev.duration;
-			after = ev.after;
-			since = iso(ev.since);
-			time = iso(ev.time);
-			transitions = ev.transitions;
-			within = ev.within;
-		};
-	});
-end
-
-local function describe(ev)
-	local s = ("%s is %s"):format(ev.jid, ev.kind == "state" and "changed" or ev.kind);
-	if ev.kind == "offline" or ev.kind == "online" then
-		s = s .. (" (was %s for %gs)"):format(ev.previous, ev.duration);
-	end
-	if ev.after and ev.after > 0 then s = s .. (" [for %gs]"):format(ev.after); end
-	if ev.kind == "flapping" then s = s .. (" (%d transitions within %gs)"):format(ev.transitions, ev.within); end
-	if ev.show then s = s .. " show=" .. ev.show; end
-	if ev.status then s = s .. " status=" .. ev.status; end
-	return s;
-end
-
-local function publish(rule, ev)
-	local svc = prosody.hosts[pubsub_service];
-	local pubsub = svc and svc.modules and svc.modules.pubsub;
-	local service = pubsub and pubsub.service;
-	if not service then
-		module:log("warn", "Rule %q: no PubSub service on %s", rule.name, pubsub_service);
-		return;
-	end
-	local id = ("%s-%s-%d"):format(ev.kind, ev.jid, math.floor(ev.time * 1000));
-	local item = st.stanza("item", { id = id, xmlns = "http://jabber.org/protocol/pubsub" })
-		:tag("event", { xmlns = "urn:brisk:iot:0", kind = ev.kind, jid = ev.jid, state = ev.state,
-			time = iso(ev.time), rule = rule.name })
-			:text_tag("status", ev.status):up();
-	local ok, err = service:publish(rule.pubsub, true, id, item);
-	if not ok and err == "item-not-found" then
-		service:create(rule.pubsub, true);
-		ok, err = service:publish(rule.pubsub, true, id, item);
-	end
-	if not ok then module:log("warn", "Rule %q: publish to %s failed: %s", rule.name, rule.pubsub, tostring(err)); end
-end
-
-local function run_rule(rule, ev)
-	module:log("debug", "Rule %q fired: %s", rule.name, describe(ev));
-	if rule.webhook then
-		webhooks:send(rule.webhook, rule.key, ev.jid, webhook_body(ev, rule));
-	end
-	if rule.notify then
-		local text = ("[%s] %s"):format(rule.name, describe(ev));
-		for _, to in ipairs(rule.notify) do send_message(to, text); end
-	end
-	if rule.pubsub then publish(rule, ev); end
-	if rule.log then module:log(rule.log, "Rule %q: %s", rule.name, describe(ev)); end
-end
-
-local SHOW = { away = true, chat = true, dnd = true, xa = true };
-
-function dispatch_event(ev, ctx)
-	-- Presence details: for immediate events the presence that caused
-	-- them; for timer events the device's current leading resource.
-	local session, stanza = ctx and ctx.session, ctx and ctx.stanza;
-	if ev.state == "online" and not stanza then
-		session, stanza = leading(ev.jid);
-	end
-	ev.username, ev.host = jid_util.split(ev.jid);
-	ev.resource = session and session.resource;
-	if stanza and ev.state == "online" then
-		ev.stanza = stanza;
-		local sh = stanza:get_child_text("show");
-		ev.show = SHOW[sh] and sh or (sh == nil and "available" or sh);
-		ev.status = stanza:get_child_text("status");
-	elseif ev.state == "offline" then
-		ev.show, ev.status, ev.priority = "unavailable", nil, nil;
-	end
-	ev.previous_show = ev.previous_show_class ~= "" and ev.previous_show_class or
-		(ev.previous == "online" and "available" or nil);
-	ev.show_class, ev.previous_show_class = nil, nil;
-	-- Rules: the engine said which match the device, event and timing; the
-	-- status/show conditions are checked here.
-	local fired = {};
-	for _, i in ipairs(ev.rules) do
-		local rule = rules[i];
-		if rules_lib.has_condition(rule) then
-			local holds = rules_lib.condition(rule, ev);
-			if holds and not latched[i][ev.jid] then
-				latched[i][ev.jid] = true;
-				fired[#fired + 1] = rule;
-			elseif not holds then
-				latched[i][ev.jid] = nil;
-			end
-		else
-			fired[#fired + 1] = rule;
-		end
-	end
-	if ev.kind == "offline" then
-		for i = 1, #rules do latched[i][ev.jid] = nil; end
-	end
-	local names = {};
-	for i, r in ipairs(fired) do names[i] = r.name; end
-	ev.rules = names;
-	ev.rule = names[1];
-	-- Timer events exist only for rules; if their conditions failed, stop.
-	if ev.after > 0 and #fired == 0 then return; end
-	measure_event[ev.kind]();
-	module:fire_event("iot/" .. ev.kind, ev);
-	if script_set.handlers[ev.kind] or script_set.handlers["*"] then
-		local copy = {};
-		for k, v in pairs(ev) do if k ~= "stanza" then copy[k] = v; end end
-		copy.xml = stanza and tostring(stanza) or nil;
-		scripts_lib.dispatch(script_set, copy, function (script, err)
-			measure_hook_errors();
-			module:log("error", "Hook script %s failed on %s for %s: %s", script, ev.kind, ev.jid, tostring(err));
-		end);
-	end
-	for _, rule in ipairs(fired) do
-		local ok, err = pcall(run_rule, rule, ev);
-		if not ok then module:log("error", "Rule %q failed: %s", rule.name, tostring(err)); end
-	end
-end
-
 -- The one timer -----------------------------------------------------------------
 
 local function update_gauges()
@@ -418,17 +256,11 @@ local function update_gauges()
 	measure_queued((webhooks:queued()));
 end
 
+local tick_interval = options.tick_interval;
 local gauge_due = 0;
 module:add_timer(tick_interval, function ()
 	local now = time_now();
-	if engine:tick(now) > 0 then
-		while true do
-			local ev = engine:pop();
-			if not ev then break; end
-			local ok, err = pcall(dispatch_event, ev, nil);
-			if not ok then module:log("error", "Dispatching %s for %s failed: %s", ev.kind, ev.jid, tostring(err)); end
-		end
-	end
+	if engine:tick(now) > 0 then dispatcher:drain_timers(engine); end
 	if now >= gauge_due then
 		gauge_due = now + 10;
 		update_gauges();
@@ -438,7 +270,8 @@ end);
 
 -- Devices already online when the module loads (module reload, late load)
 -- are entered silently: announcing them all as "online" again would set
--- off every online rule for the whole fleet.
+-- off every online rule for the whole fleet. Their events are dropped
+-- unseen, so no condition counts as reported either.
 for bare, user in pairs(bare_sessions) do
 	if jid_util.host(bare) == host and user.sessions then
 		local lead, pres, prio = leading(bare);
@@ -448,45 +281,17 @@ for bare, user in pairs(bare_sessions) do
 		end
 	end
 end
-while engine:pop() do end
+engine:clear();
 
 -- Listing: prosodyctl shell and HTTP ----------------------------------------------
-
--- The devices whose JID matches pattern (all without one), at most limit
--- of them, and the engine's stats; nil and a message for a bad pattern.
-local function list_devices(pattern, limit)
-	local g, err;
-	if pattern then
-		g, err = presence.glob(pattern);
-		if not g then return nil, ("bad pattern '%s': %s"):format(pattern, err); end
-	end
-	local out = {};
-	local s = engine:stats();
-	for i = 1, s.devices do
-		local d = engine:device(i);
-		if not g or g:match(d.jid) then
-			out[#out + 1] = d;
-			if limit and #out >= limit then break; end
-		end
-	end
-	return out, s;
-end
 
 -- prosodyctl shell: iot:devices(), iot:stats() (mod_brisk_iot_shell, global)
 -- list what each host registers here.
 module:depends("brisk_iot_shell");
 local registry = module:shared("/*/brisk_iot/hosts");
 registry[host] = {
-	list = list_devices;
-	stats = function ()
-		local s = engine:stats();
-		s.webhook = {};
-		for k, v in pairs(webhooks.stats) do s.webhook[k] = v; end
-		s.webhook.queued = webhooks:queued();
-		s.hook_errors = script_set.errors;
-		s.scripts = #script_set.scripts;
-		return s;
-	end;
+	list = function (pattern, limit) return listing.devices(engine, pattern, limit); end;
+	stats = function () return listing.stats(engine, webhooks, dispatcher.scripts); end;
 };
 function module.unload()
 	registry[host] = nil;
@@ -494,27 +299,15 @@ end
 
 -- HTTP JSON listing (off unless iot_http_listing = true; with
 -- iot_http_token set, requests must carry "Authorization: Bearer <token>").
-if http_listing then
+if options.http_listing then
 	module:depends("http");
 	module:provides("http", {
 		default_path = "/iot";
 		route = {
-			["GET /devices"] = function (event)
-				local request, response = event.request, event.response;
-				if http_token then
-					local auth = request.headers.authorization;
-					if auth ~= "Bearer " .. http_token then return 401; end
-				end
-				local pattern = request.url.query and request.url.query:match("match=([^&]+)");
-				if pattern then pattern = pattern:gsub("%%(%x%x)", function (h) return string.char(tonumber(h, 16)); end); end
-				local list, s = list_devices(pattern, nil);
-				if not list then return 400; end
-				response.headers.content_type = "application/json";
-				return json.encode({ host = host, devices = list, total = s.devices, online = s.online, offline = s.offline });
-			end;
+			["GET /devices"] = listing.http_handler{ engine = engine, host = host, token = options.http_token };
 		};
 	});
 end
 
 module:log("info", "Tracking devices %s with %d rule(s), %d hook script(s)",
-	table.concat(selectors, ", "), #rules, #script_set.scripts);
+	table.concat(selectors, ", "), #rules, #dispatcher.scripts.scripts);

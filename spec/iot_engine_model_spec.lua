@@ -1,8 +1,10 @@
 -- Differential spec of brisk.presence: the C engine against a plain Lua
--- model of the documented semantics (docs/iot.md, "Transitions"), written
--- for clarity, on random rule sets and random presence/activity/tick
--- streams. Every event must agree: kind, device, rules, time, after,
--- duration, previous state and flapping count.
+-- model of the documented semantics (docs/iot.md, "Transitions" and the
+-- edge-triggered status/show conditions of "Rules"), written for clarity,
+-- on random rule sets and random presence/activity/tick streams. Every
+-- event must agree: kind, device, rules, time, after, duration, previous
+-- state and flapping count. The conditions are judged and latched the way
+-- mod_brisk_iot did it in Lua before the engine owned them (latched[i][jid]).
 local presence = require "brisk.presence";
 
 local KINDS = { "online", "offline", "state", "flapping", "silent" };
@@ -49,7 +51,8 @@ local function model(rules, selectors)
 	local deb = { online = steps("online"), offline = steps("offline"), state = steps("state") };
 	local sil = steps("silent");
 	local function emit(d, kind, rules_list, time, extra)
-		local ev = { kind = kind, jid = d.jid, rules = rules_list, time = time / 100 };
+		local ev = { kind = kind, jid = d.jid, rules = rules_list, time = time / 100,
+			show = d.show, status = d.status };
 		for k, v in pairs(extra) do ev[k] = v; end
 		m.out[#m.out + 1] = ev;
 	end
@@ -79,7 +82,8 @@ local function model(rules, selectors)
 			end
 		end
 	end
-	function m.update(jid, now, avail, hash)
+	function m.update(jid, now, avail, show, status)
+		local hash = avail and (tostring(show) .. "|" .. tostring(status)) or nil;
 		local d = m.devices[jid];
 		if not d then
 			if #sel > 0 then
@@ -98,6 +102,7 @@ local function model(rules, selectors)
 		local known = d.known;
 		d.known = true;
 		local function imm(kind) return fired(d, function (r) return r.on == kind and (r.after or 0) == 0; end); end
+		if avail and (not d.online or hash ~= d.hash) then d.show, d.status = show, status; end
 		if avail and not d.online then
 			emit(d, "online", imm("online"), now, { after = 0, previous = known and "offline" or "unknown",
 				duration = known and (now - d.since) / 100 or 0 });
@@ -156,6 +161,64 @@ local function model(rules, selectors)
 	return m;
 end
 
+-- What mod_brisk_iot did with the engine's events before the engine owned
+-- conditions: judge each condition rule on the event's presence, fire it
+-- only when its condition becomes true, forget on offline, and drop a
+-- timer event none of whose rules fire.
+local function latch(rules, events)
+	local latched, out = {}, {};
+	for i = 1, #rules do latched[i] = {}; end
+	local function condition(c, ev)
+		if c.show then
+			local set = {};
+			for _, v in ipairs(type(c.show) == "table" and c.show or { c.show }) do set[v] = true; end
+			if not set[ev.show or "available"] then return false; end
+		end
+		if c.status then
+			local cap = (ev.status or ""):match(c.status);
+			if cap == nil then return false; end
+			if c.below or c.above then
+				local v = tonumber(cap);
+				if not v then return false; end
+				if c.below and not (v < c.below) then return false; end
+				if c.above and not (v > c.above) then return false; end
+			end
+		end
+		return true;
+	end
+	for _, ev in ipairs(events) do
+		local fired = {};
+		for _, i in ipairs(ev.rules) do
+			local c = rules[i];
+			if c.status ~= nil or c.show ~= nil then
+				local holds = condition(c, ev);
+				if holds and not latched[i][ev.jid] then
+					latched[i][ev.jid] = true;
+					fired[#fired + 1] = i;
+				elseif not holds then
+					latched[i][ev.jid] = nil;
+				end
+			else
+				fired[#fired + 1] = i;
+			end
+		end
+		if ev.kind == "offline" then
+			for i = 1, #rules do latched[i][ev.jid] = nil; end
+		end
+		ev.rules = fired;
+		if not (ev.after > 0 and #fired == 0) then out[#out + 1] = ev; end
+	end
+	return out;
+end
+
+local STATUSES = { "battery=5", "battery=50", "battery=20", "ok", "x", false };
+local SHOWS = { false, "away", "dnd", "xa", "chat", "available", "weird" };
+local CONDITIONS = {
+	{ status = "battery=(%d+)", below = 20 }, { status = "battery=(%d+)", above = 10, below = 60 },
+	{ status = "^ok" }, { status = "(%d+)" }, { show = "dnd" }, { show = { "away", "xa" } },
+	{ show = "available", status = "battery" }, { status = "()x" , below = 2 },
+};
+
 local function random_rules(rnd)
 	local rules = {};
 	local globs = { nil, "d1*@h", "*@h", "d?@h", "*2@*", "h", "x*@other" };
@@ -169,6 +232,9 @@ local function random_rules(rnd)
 			r.after = rnd(1, 30) / 10;
 		elseif rnd(1, 2) == 1 then
 			r.after = rnd(1, 30) / 10;
+		end
+		if (kind == "online" or kind == "state") and rnd(1, 2) == 1 then
+			for k, v in pairs(CONDITIONS[rnd(1, #CONDITIONS)]) do r[k] = v; end
 		end
 		rules[i] = r;
 	end
@@ -196,9 +262,10 @@ describe("brisk.presence against a Lua model", function ()
 				local r = rnd(1, 10);
 				local jid = devices[rnd(1, #devices)];
 				if r <= 4 then
-					local status = tostring(rnd(1, 3));
-					e:update(jid, t, true, nil, status, 0);
-					m.update(jid, now, true, status);
+					local status = STATUSES[rnd(1, #STATUSES)] or nil;
+					local show = SHOWS[rnd(1, #SHOWS)] or nil;
+					e:update(jid, t, true, show, status, 0);
+					m.update(jid, now, true, show, status);
 				elseif r <= 6 then
 					e:update(jid, t, false);
 					m.update(jid, now, false);
@@ -222,6 +289,7 @@ describe("brisk.presence against a Lua model", function ()
 				if not ev then break; end
 				got[#got + 1] = ev;
 			end
+			m.out = latch(rules, m.out);
 			local ctx = ("seed %d round %d"):format(seed, round);
 			assert.equal(#m.out, #got, ctx .. ": event count");
 			for i, want in ipairs(m.out) do

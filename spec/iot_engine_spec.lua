@@ -64,6 +64,80 @@ describe("brisk.presence engine", function ()
 		assert.equal(127, e:get("p@h").priority);
 	end);
 
+	it("reads priority as mod_presence does: presence.priority", function ()
+		assert.equal(0, presence.priority(nil));
+		assert.equal(5, presence.priority("5"));
+		assert.equal(5, presence.priority("+5"));
+		assert.equal(-3, presence.priority("-3"));
+		assert.equal(127, presence.priority("128"));
+		assert.equal(-128, presence.priority("-99999999999999999999999"));
+		assert.equal(127, presence.priority(("9"):rep(400)));
+		for _, bad in ipairs{ "", "+", "-", "1.5", " 1", "1 ", "0x10", "1e3", "abc", "1\0" } do
+			assert.equal(0, presence.priority(bad), bad);
+		end
+		assert.equal(0, math.type(presence.priority("0")) == "integer" and 0 or 1);
+	end);
+
+	it("fires a rule with a status or show condition when it becomes true (edge-triggered)", function ()
+		local e = presence.new{ now = 0, rules = {
+			{ name = "low", on = "state", status = "battery=(%d+)", below = 20 },
+			{ name = "quiet", on = "online", show = { "dnd", "xa" } },
+			{ name = "any", on = "state" },
+		} };
+		local function fired(...)
+			e:update("b@h", ...);
+			local out = {};
+			for _, ev in ipairs(drain(e)) do out[#out + 1] = ev.kind .. ":" .. table.concat(ev.rules, ","); end
+			return table.concat(out, " ");
+		end
+		assert.equal("online:", fired(1, true, nil, "battery=50"));
+		assert.equal("state:1,3", fired(2, true, nil, "battery=19"));
+		assert.equal("state:3", fired(3, true, nil, "battery=18"));      -- still low: latched
+		assert.equal("state:3", fired(4, true, nil, "battery=nope"));    -- no number: not low
+		assert.equal("state:1,3", fired(5, true, nil, "battery=5"));     -- low again
+		assert.equal("offline:", fired(6, false));                     -- forgets
+		assert.equal("online:2", fired(7, true, "dnd", "battery=5"));
+		assert.equal("state:1,3", fired(8, true, "dnd", "battery=4"));   -- a new crossing after offline
+		-- Events dropped unseen change no latch: the offline event that
+		-- would have cleared "low" never reached anyone.
+		e:update("b@h", 9, false);
+		e:update("b@h", 10, true, "xa");
+		assert.equal(2, e:clear());
+		assert.is_nil(e:pop());
+		assert.equal("state:3", fired(11, true, "xa", "battery=3"));
+	end);
+
+	it("judges a debounced condition rule by the presence that started the debounce", function ()
+		local e = presence.new{ now = 0, rules = {
+			{ name = "low", on = "state", after = 5, status = "battery=(%d+)", below = 20 },
+		} };
+		e:update("d@h", 0, true, nil, "battery=50"); drain(e);
+		e:update("d@h", 1, true, nil, "battery=10"); drain(e);
+		assert.equal(1, e:tick(6));
+		local ev = drain(e);
+		assert.equal(1, #ev);
+		assert.same({ 1 }, ev[1].rules);
+		assert.equal(5, ev[1].after);
+		-- Still low at the next crossing: latched, so the timer event fires
+		-- no rule and is not delivered at all.
+		e:update("d@h", 10, true, nil, "battery=9"); drain(e);
+		assert.equal(1, e:tick(20));
+		assert.same({}, drain(e));
+		-- A status that does not hold: no event either, and the latch is clear.
+		e:update("d@h", 30, true, nil, "battery=90"); drain(e);
+		e:tick(40);
+		assert.same({}, drain(e));
+		e:update("d@h", 50, true, nil, "battery=1"); drain(e);
+		e:tick(60);
+		assert.same({ 1 }, drain(e)[1].rules);
+	end);
+
+	it("takes a status Lua cannot match as not matching, without an error", function ()
+		local e = presence.new{ rules = { { on = "online", status = ("a?"):rep(300) .. "b" } } };
+		assert.equal(1, e:update("c@h", 1, true, nil, ("a"):rep(300)));
+		assert.same({}, e:pop().rules);
+	end);
+
 	it("only tracks selected devices", function ()
 		local e = presence.new{ devices = { "sensor-*@h", "other.example" } };
 		assert.is_nil(e:update("alice@h", 1, true));
@@ -176,7 +250,7 @@ describe("brisk.presence engine", function ()
 		-- Offline devices are not silent.
 		e:update("s@h", 800, false); drain(e);
 		assert.equal(0, e:tick(900));
-		assert.is_false(e:touch("nobody@h", 900));
+		assert.is_nil(e:touch("nobody@h", 900));
 	end);
 
 	it("fires timers in due order across devices", function ()
@@ -289,6 +363,43 @@ describe("brisk.presence engine", function ()
 		assert.matches("rule 's': a silent rule needs 'after'", err{ { name = "s", on = "silent" } });
 		assert.matches("'after' must be a number", err{ { name = "s", on = "offline", after = -1 } });
 		assert.matches("'after' must be a number", err{ { name = "s", on = "offline", after = 0/0 } });
+		-- Names, unknown fields and conditions are the engine's too.
+		assert.equal("rule #1: 'name' must be a non-empty string", err{ { name = "", on = "online" } });
+		assert.equal("rule 'd': duplicate name", err{ { name = "d", on = "online" }, { name = "d", on = "offline" } });
+		assert.equal("rule 'f': unknown field 'afterr'", err{ { name = "f", on = "online", afterr = 3 } });
+		assert.equal("rule 'f': unknown field 'webhook'", err{ { name = "f", on = "online", webhook = "http://x/" } });
+		assert.equal("rule #1: 'match' must be a string pattern", err{ { on = "online", match = 5 } });
+		assert.equal("rule 's': 'status', 'show', 'below' and 'above' only apply to 'online' and 'state' rules",
+			err{ { name = "s", on = "offline", status = "x" } });
+		assert.equal("rule 's': bad status pattern '(%d': unfinished capture", err{ { name = "s", on = "state", status = "(%d" } });
+		assert.equal("rule 's': 'status' must be a Lua pattern", err{ { name = "s", on = "state", status = 5 } });
+		assert.equal("rule 's': 'below' needs a 'status' pattern with a capture holding the number",
+			err{ { name = "s", on = "state", below = 3 } });
+		assert.equal("rule 's': 'above' must be a number", err{ { name = "s", on = "state", status = "(%d+)", above = "3" } });
+		assert.equal("rule 's': 'show' must be available, away, chat, dnd or xa (or a list of them)",
+			err{ { name = "s", on = "state", show = { "dnd", "bar" } } });
+		assert.truthy(presence.new{ rules = { { name = "ok", on = "state", show = { "dnd", "xa" },
+			status = "battery=(%d+)", below = 20, above = 2 } } });
+	end);
+
+	it("checks status patterns as completely as Lua's own parser", function ()
+		math.randomseed(11);
+		local atoms = { "(", ")", "[", "]", "%", "%d", "%b()", "%f[%w]", "%1", "a", ".", "-", "*", "^", "$", "%]" };
+		local subjects = { "", "a", "ab(c)d", "battery=12", "]]]", "((a))", "a1a1" };
+		local accepted = 0;
+		for _ = 1, 20000 do
+			local p = {};
+			for i = 1, math.random(1, 6) do p[i] = atoms[math.random(#atoms)]; end
+			p = table.concat(p);
+			-- Whatever the engine accepts, Lua matches on every subject without an error.
+			if pcall(presence.new, { rules = { { on = "state", status = p } } }) then
+				accepted = accepted + 1;
+				for _, s in ipairs(subjects) do
+					assert(pcall(string.match, s, p), "accepted but Lua refuses: " .. p);
+				end
+			end
+		end
+		assert.is_true(accepted > 1000);
 	end);
 
 	it("compiles and matches JID globs", function ()
@@ -304,9 +415,11 @@ describe("brisk.presence engine", function ()
 		assert.is_false(presence.glob("a\\*@h"):match("ab@h"));
 		assert.is_true(presence.glob("*a*b*c*@*"):match("xxaxxbxxcxx@h"));
 		assert.is_false(presence.glob("*a*b*c*@*"):match("xxaxxcxxbxx@h"));
-		for _, bad in ipairs{ "", "a@", "a b@h", "x\\", "a@b@c", "a@h/r", ("x"):rep(3000) } do
+		for _, bad in ipairs{ "", "a@", "a b@h", "x\\", "a@b@c", "a@h/r", ("x"):rep(3000), "*\x88", "a\xc3@h" } do
 			assert.is_nil((presence.glob(bad)), bad);
 		end
+		assert.equal("pattern is not valid UTF-8", select(2, presence.glob("a\xa9@h")));
+		assert.is_true(presence.glob("\xc3\xa9*@h"):match("\xc3\xa9t\xc3\xa9@h"));
 		-- Against Lua patterns built from the same globs, on random inputs.
 		math.randomseed(3);
 		local alphabet = { "a", "b", "-", "*", "?", "@" };

@@ -399,8 +399,10 @@ describe("mod_brisk_iot on a live server", function ()
 		for _, d in ipairs(doc.devices) do byjid[d.jid] = d; end
 		assert.equal("offline", byjid["freezer-1@localhost"].state);
 		assert.is_nil(byjid["observer@localhost"]);
-		code, body = get("/iot/devices?match=freezer-*", "sekrit");
+		code, body = get("/iot/devices?match=freezer-*%40localhost", "sekrit");
+		assert.equal(200, code);
 		doc = json.decode(body);
+		assert.is_true(#doc.devices > 0);
 		for _, d in ipairs(doc.devices) do assert.matches("^freezer%-", d.jid); end
 		assert.equal(400, (get("/iot/devices?match=a/b", "sekrit")));
 	end);

@@ -3,9 +3,8 @@
 -- transport and the clock are fakes driven by the spec; the live spec
 -- (iot_live_spec.lua) does the same over real HTTP.
 local webhook = require "brisk.iot.webhook";
-local rules = require "brisk.iot.rules";
 
-local KEY = assert(rules.decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+local KEY = assert(webhook.decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
 
 local function harness(opts)
 	local h = { t = 0, timers = {}, reqs = {} };
@@ -59,10 +58,10 @@ describe("brisk.iot.webhook", function ()
 
 	it("decodes secrets and rejects bad ones", function ()
 		assert.equal(24, #KEY);
-		assert.is_nil((rules.decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")));
-		assert.is_nil((rules.decode_secret("whsec_!!!")));
-		assert.is_nil((rules.decode_secret("whsec_YQ==")));  -- too short
-		assert.equal(KEY, rules.decode_secret("  whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"));
+		assert.is_nil((webhook.decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")));
+		assert.is_nil((webhook.decode_secret("whsec_!!!")));
+		assert.is_nil((webhook.decode_secret("whsec_YQ==")));  -- too short
+		assert.equal(KEY, webhook.decode_secret("  whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"));
 	end);
 
 	it("sends with the three headers and a valid signature", function ()

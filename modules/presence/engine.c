@@ -7,42 +7,42 @@
 ** timers for all devices for debounced rules ("after = 30") and silence.
 ** Time is always passed in by the caller (engine:update(jid, now, ...),
 ** engine:tick(now)), so tests drive it with a fake clock and never sleep.
-** Events are queued inside the engine and taken out with engine:pop().
+** Events are queued inside the engine and taken out with engine:pop(),
+** which also decides which rules with a status/show condition fire: such
+** a rule is edge-triggered, and the engine remembers per device which of
+** those conditions it has reported as holding. Rules come from rules.c.
 */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 #include "presence.h"
 
-#define ENGINE_META "brisk.presence.engine"
+#define ENGINE_META "brisk.presence.Engine"
 
-enum { K_NONE, K_ONLINE, K_OFFLINE, K_STATE, K_FLAPPING, K_SILENT, K_COUNT };
-static const char *const kind_names[] = {
-  "unknown", "online", "offline", "state", "flapping", "silent", NULL
-};
 static const char *const show_names[] = {
   "", "away", "chat", "dnd", "xa", "other"
 };
 
-#define MAX_RULES 64        /* rule sets are 64-bit masks */
-#define MAX_DETECTORS 8     /* distinct (transitions, within) pairs */
-#define MAX_RING 16         /* largest "transitions" of a flapping rule */
 #define DEV_CHUNK 1024      /* device slots per allocation */
 #define NAME_CHUNK 65536    /* bytes of JID text per allocation */
-#define NO_DUE UINT32_MAX
+#define NO_DUE PRESENCE_NO_DUE
 /* Durations are kept in centiseconds in 32 bits. The epoch moves forward
 ** (rebase) before the clock gets near 2^31 cs (about 248 days), so that
 ** differences of stored times never wrap. */
 #define REBASE_AT 2000000000u
-#define MAX_AFTER 100000000.0  /* seconds (about 3 years) */
 
 #define F_ONLINE 1
 #define F_KNOWN 2
 
 /*
-** A device slot: 40 bytes plus 4 bytes per remembered transition for
+** A device slot: 40 bytes, plus 4 bytes per remembered transition for
 ** flapping detection (only as many as the largest "transitions" of any
-** flapping rule; none when there is no flapping rule).
+** flapping rule; none when there is no flapping rule), plus two bits per
+** rule with a condition (none when no rule has one): whether the condition
+** holds for the presence of the device's last online/state transition
+** (debounced events are judged by it when they come due), and whether it
+** was reported as holding ("latched": an edge-triggered rule fires again
+** only after its condition was seen not to hold). The bits follow the
+** ring, at e->condoff.
 */
 typedef struct Device {
   uint64_t hash;      /* hash of show, status, priority and payload */
@@ -64,6 +64,15 @@ typedef struct Device {
   uint32_t ring[];    /* cs of the latest online/offline transitions */
 } Device;
 
+/* A device's presence as update() gets it. */
+typedef struct Presence {
+  const char *show, *status;  /* NULL when the element is absent */
+  size_t showlen, statuslen;
+  uint64_t hash;      /* of everything that counts as state; 0: offline */
+  int8_t prio;
+  uint8_t showi;      /* index into show_names */
+} Presence;
+
 typedef struct HeapEntry {
   uint32_t due;       /* cs; a lower bound of the device's next due time */
   uint32_t dev;
@@ -71,7 +80,8 @@ typedef struct HeapEntry {
 
 typedef struct Event {
   double at;          /* seconds (caller's clock) */
-  uint64_t mask;      /* rules that fire on this event */
+  uint64_t mask;      /* rules whose event, device and timing this is */
+  uint64_t held;      /* those of them with a condition that holds */
   uint32_t dev;
   uint32_t after;     /* cs: debounce or silence step, 0 when immediate */
   uint32_t dur;       /* cs: time spent in the previous state */
@@ -81,20 +91,13 @@ typedef struct Event {
   uint8_t count;      /* flapping: transitions seen within the window */
 } Event;
 
-typedef struct Rule {
-  int16_t *tok;       /* compiled match glob, NULL = every device */
-  int ntok;
-  uint8_t kind;
-  uint8_t det;        /* flapping detector index */
-  uint32_t after;     /* cs */
-} Rule;
-
 typedef struct Engine {
   double epoch;       /* caller's clock value of cs 0 */
   size_t bytes;       /* every byte allocated by this engine */
   /* devices */
   uint8_t **chunks; uint32_t nchunks, capchunks;
-  uint32_t ndev, nonline, slot, ring;
+  uint32_t ndev, nonline, slot;
+  uint32_t condoff, condbytes;  /* condition bits: offset in a slot, bytes per set */
   /* JID text */
   char **names; uint32_t nnames, capnames, nameused;
   /* index: open addressing over device index + 1 */
@@ -106,28 +109,18 @@ typedef struct Engine {
   /* distinct rule sets, so that a device stores 16 bits and not 64 */
   uint64_t *masks; uint32_t nmasks, capmasks;
   /* selection: devices are the JIDs matching any of these (all if none) */
-  int16_t **sel; int *nsel; int nsels;
-  /* rules and the tables derived from them */
-  Rule rules[MAX_RULES]; int nrules;
-  uint64_t immmask[K_COUNT];                 /* after == 0, by kind */
-  uint32_t deb[K_COUNT][MAX_RULES]; uint64_t debmask[K_COUNT][MAX_RULES];
-  int ndeb[K_COUNT];                         /* sorted distinct afters */
-  uint32_t sil[MAX_RULES]; uint64_t silmask[MAX_RULES]; int nsil;
-  uint32_t det_n[MAX_DETECTORS], det_within[MAX_DETECTORS];
-  uint64_t detmask[MAX_DETECTORS]; int ndet;
+  Match *sel; int nsels, capsels;
+  Rules rs;           /* the rules and the tables derived from them */
   double now;         /* latest clock value seen */
 } Engine;
 
 /* ---------------------------------------------------------------- memory */
 
+/* Every block the engine owns is counted in e->bytes (presence_realloc)
+** and given back by l_gc with the size it has. */
 static void *eng_realloc(lua_State *L, Engine *e, void *p, size_t old,
                          size_t sz) {
-  void *q;
-  if (sz == 0) { free(p); e->bytes -= old; return NULL; }
-  q = realloc(p, sz);
-  if (q == NULL) luaL_error(L, "brisk.presence: out of memory");
-  e->bytes = e->bytes - old + sz;
-  return q;
+  return presence_realloc(L, &e->bytes, p, old, sz);
 }
 
 /* Grow an array to hold at least need elements, by half again each time. */
@@ -136,7 +129,7 @@ static void *grow(lua_State *L, Engine *e, void *p, uint32_t *cap,
   uint32_t c = *cap;
   if (need <= c) return p;
   if (need > UINT32_MAX / 2 || (size_t)need * elem / elem != need)
-    luaL_error(L, "brisk.presence: too many entries");
+    brisk_raise(L, "brisk.presence: too many entries");
   if (c == 0) c = first;
   while (c < need) c = c + c / 2 + 1;
   p = eng_realloc(L, e, p, (size_t)*cap * elem, (size_t)c * elem);
@@ -156,14 +149,20 @@ static const char *dev_name(Engine *e, const Device *d, size_t *len) {
   return p + 2;
 }
 
-/* ------------------------------------------------------------------ time */
-
-static uint32_t to_cs(double secs) {
-  double v = floor(secs * 100.0 + 1e-6);
-  if (!(v > 0)) return 0;
-  if (v >= (double)NO_DUE - 1) return NO_DUE - 1;
-  return (uint32_t)v;
+/* The device's condition bits: hold (which == 0) or latched (which == 1),
+** one bit per rule with a condition, at the rule's index among those. */
+static uint8_t *cond_bits(Engine *e, Device *d, int which) {
+  return (uint8_t *)d + e->condoff + (size_t)which * e->condbytes;
 }
+
+static int bit_get(const uint8_t *bits, int i) { return (bits[i >> 3] >> (i & 7)) & 1; }
+
+static void bit_set(uint8_t *bits, int i, int v) {
+  if (v) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+  else bits[i >> 3] &= (uint8_t)~(1u << (i & 7));
+}
+
+/* ------------------------------------------------------------------ time */
 
 static void rebase(Engine *e, uint32_t shift);
 
@@ -174,7 +173,7 @@ static uint32_t clock_cs(Engine *e, double now) {
   uint32_t cs;
   if (now < e->now) now = e->now;
   e->now = now;
-  cs = to_cs(now - e->epoch);
+  cs = presence_cs(now - e->epoch);
   if (cs >= REBASE_AT) {
     uint32_t shift = cs - REBASE_AT / 2;
     rebase(e, shift);
@@ -247,12 +246,12 @@ static void heap_pop(Engine *e) {
 static uint32_t dev_due(Engine *e, const Device *d, int *which) {
   uint32_t due = NO_DUE;
   *which = 0;
-  if (d->kind != K_NONE && d->didx < e->ndeb[d->kind]) {
-    due = d->last + e->deb[d->kind][d->didx];
+  if (d->kind != PRESENCE_NONE && d->didx < e->rs.ndeb[d->kind]) {
+    due = d->last + e->rs.deb[d->kind][d->didx];
     *which = 1;
   }
-  if ((d->flags & F_ONLINE) && d->sidx < e->nsil) {
-    uint32_t s = d->seen + e->sil[d->sidx];
+  if ((d->flags & F_ONLINE) && d->sidx < e->rs.nsil) {
+    uint32_t s = d->seen + e->rs.sil[d->sidx];
     if (s < due) { due = s; *which = 2; }
   }
   return due;
@@ -280,7 +279,6 @@ static void schedule(lua_State *L, Engine *e, uint32_t di, Device *d) {
                               sizeof(HeapEntry), 64);
   e->heap[e->nheap].due = due;
   e->heap[e->nheap].dev = di;
-  d = dev_at(e, di);
   e->nheap++;
   heap_up(e, e->nheap - 1);
 }
@@ -327,7 +325,7 @@ static int selected(Engine *e, const char *jid, size_t len) {
   int i;
   if (e->nsels == 0) return 1;
   for (i = 0; i < e->nsels; i++)
-    if (brisk_presence_glob_match(e->sel[i], e->nsel[i], jid, len)) return 1;
+    if (presence_glob_match(e->sel[i].tok, e->sel[i].ntok, jid, len)) return 1;
   return 0;
 }
 
@@ -335,7 +333,7 @@ static uint16_t mask_id(lua_State *L, Engine *e, uint64_t m) {
   uint32_t i;
   for (i = 0; i < e->nmasks; i++)
     if (e->masks[i] == m) return (uint16_t)i;
-  if (e->nmasks >= 65535) luaL_error(L, "brisk.presence: too many distinct rule sets");
+  if (e->nmasks >= 65535) brisk_raise(L, "brisk.presence: too many distinct rule sets");
   e->masks = (uint64_t *)grow(L, e, e->masks, &e->capmasks, e->nmasks + 1,
                               sizeof(uint64_t), 8);
   e->masks[e->nmasks] = m;
@@ -403,10 +401,10 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
   uint64_t m = 0;
   Device *d;
   int r;
-  if (di == UINT32_MAX - 1) luaL_error(L, "brisk.presence: too many devices");
-  for (r = 0; r < e->nrules; r++)
-    if (!e->rules[r].tok ||
-        brisk_presence_glob_match(e->rules[r].tok, e->rules[r].ntok, jid, len))
+  if (di == UINT32_MAX - 1) brisk_raise(L, "brisk.presence: too many devices");
+  for (r = 0; r < e->rs.n; r++)
+    if (!e->rs.rule[r].match.tok ||
+        presence_glob_match(e->rs.rule[r].match.tok, e->rs.rule[r].match.ntok, jid, len))
       m |= 1ULL << r;
   if ((uint64_t)(e->ndev + 1) * 4 > (uint64_t)e->capindex * 3) index_grow(L, e);
   if (di / DEV_CHUNK >= e->nchunks) {
@@ -427,12 +425,10 @@ static uint32_t create(lua_State *L, Engine *e, const char *jid, size_t len,
 }
 
 /* Count ring entries within the last "within" cs. */
-static int ring_count(const Engine *e, const Device *d, uint32_t now,
-                      uint32_t within) {
+static int ring_count(const Device *d, uint32_t now, uint32_t within) {
   int k, c = 0;
   for (k = 0; k < d->ringlen; k++)
     if (now - d->ring[k] < within || d->ring[k] > now) c++;
-  (void)e;
   return c;
 }
 
@@ -442,22 +438,22 @@ static void flapping(lua_State *L, Engine *e, uint32_t di, Device *d,
                      uint32_t now, double at) {
   int k;
   uint64_t dm = e->masks[d->maskid];
-  if (e->ring == 0) return;
+  if (e->rs.ring == 0) return;
   d->ring[d->ringhead] = now;
-  d->ringhead = (uint8_t)((d->ringhead + 1) % e->ring);
-  if (d->ringlen < e->ring) d->ringlen++;
-  for (k = 0; k < e->ndet; k++) {
-    int c = ring_count(e, d, now, e->det_within[k]);
-    if ((uint32_t)c >= e->det_n[k]) {
-      if (!(d->flap & (1u << k)) && (dm & e->detmask[k])) {
+  d->ringhead = (uint8_t)((d->ringhead + 1) % e->rs.ring);
+  if (d->ringlen < e->rs.ring) d->ringlen++;
+  for (k = 0; k < e->rs.ndet; k++) {
+    int c = ring_count(d, now, e->rs.det_within[k]);
+    if ((uint32_t)c >= e->rs.det_n[k]) {
+      if (!(d->flap & (1u << k)) && (dm & e->rs.detmask[k])) {
         Event *ev;
         d->flap |= (uint8_t)(1u << k);
-        ev = push_event(L, e, K_FLAPPING, di, dm & e->detmask[k], at);
+        ev = push_event(L, e, PRESENCE_FLAPPING, di, dm & e->rs.detmask[k], at);
         d = dev_at(e, di);
         ev->det = (uint8_t)k;
         ev->count = (uint8_t)c;
         ev->since = d->since;
-        ev->prev = (d->flags & F_ONLINE) ? K_OFFLINE : K_ONLINE;
+        ev->prev = (d->flags & F_ONLINE) ? PRESENCE_OFFLINE : PRESENCE_ONLINE;
         ev->prev_show = d->show;
         ev->prev_prio = d->prio;
       }
@@ -467,7 +463,7 @@ static void flapping(lua_State *L, Engine *e, uint32_t di, Device *d,
   }
 }
 
-/* Parse the presence fields of an update at stack index base. */
+/* The <show/> of a presence as an index into show_names (none: 0). */
 static uint8_t show_index(const char *s) {
   int i;
   if (s == NULL) return 0;
@@ -476,24 +472,48 @@ static uint8_t show_index(const char *s) {
   return 5;
 }
 
+/* Remember, for the rules of cm, which conditions hold (held). */
+static void store_held(Engine *e, Device *d, uint64_t cm, uint64_t held) {
+  int r;
+  for (r = 0; cm; r++, cm >>= 1)
+    if (cm & 1) bit_set(cond_bits(e, d, 0), e->rs.rule[r].cond, (int)((held >> r) & 1));
+}
+
+/* Of the rules of cm, those whose condition held at the last transition. */
+static uint64_t load_held(Engine *e, Device *d, uint64_t cm) {
+  uint64_t held = 0;
+  int r;
+  for (r = 0; cm; r++, cm >>= 1)
+    if ((cm & 1) && bit_get(cond_bits(e, d, 0), e->rs.rule[r].cond)) held |= 1ULL << r;
+  return held;
+}
+
 /*
 ** The heart: a device's presence as a whole is now (available, show,
 ** priority, hash of everything that counts as its state).
 */
 static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
-                 int avail, uint8_t show, int8_t prio, uint64_t h) {
+                 int avail, const Presence *p) {
   Device *d = dev_at(e, di);
-  uint64_t dm = e->masks[d->maskid];
+  uint64_t dm = e->masks[d->maskid], cm = 0, held = 0;
   uint32_t before = e->nev - e->evhead;
   int known = d->flags & F_KNOWN;
   Event *ev;
+  /* An online or state transition: first judge the conditions of the
+  ** device's rules of that kind on this presence (Lua's string.match may
+  ** run), before anything about the device changes. */
+  if (avail && (!(d->flags & F_ONLINE) || p->hash != d->hash)) {
+    cm = dm & e->rs.condmask[(d->flags & F_ONLINE) ? PRESENCE_STATE : PRESENCE_ONLINE];
+    if (cm) held = presence_rules_hold(L, &e->rs, cm, p->show, p->showlen,
+                                       p->status, p->statuslen);
+  }
   d->seen = now;
   d->sidx = 0;
   d->flags |= F_KNOWN;
   if (avail && !(d->flags & F_ONLINE)) {
-    ev = push_event(L, e, K_ONLINE, di, dm & e->immmask[K_ONLINE], at);
+    ev = push_event(L, e, PRESENCE_ONLINE, di, dm & e->rs.immmask[PRESENCE_ONLINE], at);
     d = dev_at(e, di);
-    ev->prev = known ? K_OFFLINE : K_NONE;
+    ev->prev = known ? PRESENCE_OFFLINE : PRESENCE_NONE;
     ev->dur = known ? now - d->since : 0;
     ev->prev_show = d->show;
     ev->prev_prio = d->prio;
@@ -501,28 +521,32 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
     d->flags |= F_ONLINE;
     e->nonline++;
     d->since = d->last = now;
-    d->kind = K_ONLINE;
+    d->kind = PRESENCE_ONLINE;
     d->didx = 0;
-    d->hash = h; d->show = show; d->prio = prio;
+    d->hash = p->hash; d->show = p->showi; d->prio = p->prio;
+    ev->held = held;
+    store_held(e, d, cm, held);
     flapping(L, e, di, d, now, at);
   } else if (avail) {
-    if (h != d->hash) {
-      ev = push_event(L, e, K_STATE, di, dm & e->immmask[K_STATE], at);
+    if (p->hash != d->hash) {
+      ev = push_event(L, e, PRESENCE_STATE, di, dm & e->rs.immmask[PRESENCE_STATE], at);
       d = dev_at(e, di);
-      ev->prev = K_ONLINE;
+      ev->prev = PRESENCE_ONLINE;
       ev->dur = now - d->last;
       ev->prev_show = d->show;
       ev->prev_prio = d->prio;
       ev->since = d->since;
       d->last = now;
-      d->kind = K_STATE;
+      d->kind = PRESENCE_STATE;
       d->didx = 0;
-      d->hash = h; d->show = show; d->prio = prio;
+      d->hash = p->hash; d->show = p->showi; d->prio = p->prio;
+      ev->held = held;
+      store_held(e, d, cm, held);
     }
   } else if (d->flags & F_ONLINE) {
-    ev = push_event(L, e, K_OFFLINE, di, dm & e->immmask[K_OFFLINE], at);
+    ev = push_event(L, e, PRESENCE_OFFLINE, di, dm & e->rs.immmask[PRESENCE_OFFLINE], at);
     d = dev_at(e, di);
-    ev->prev = K_ONLINE;
+    ev->prev = PRESENCE_ONLINE;
     ev->dur = now - d->since;
     ev->prev_show = d->show;
     ev->prev_prio = d->prio;
@@ -530,7 +554,7 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
     d->flags &= (uint8_t)~F_ONLINE;
     e->nonline--;
     d->since = d->last = now;
-    d->kind = K_OFFLINE;
+    d->kind = PRESENCE_OFFLINE;
     d->didx = 0;
     d->hash = 0; d->show = 0; d->prio = 0;
     flapping(L, e, di, d, now, at);
@@ -543,7 +567,7 @@ static int apply(lua_State *L, Engine *e, uint32_t di, uint32_t now, double at,
 
 static Engine *check_engine(lua_State *L) {
   Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
-  if (e->slot == 0) luaL_error(L, "brisk.presence: engine is closed");
+  if (e->slot == 0) brisk_raise(L, "brisk.presence: engine is closed");
   return e;
 }
 
@@ -555,16 +579,47 @@ static double check_time(lua_State *L, int arg) {
 
 static const char *check_jid(lua_State *L, int arg, size_t *len) {
   const char *s = luaL_checklstring(L, arg, len);
-  luaL_argcheck(L, *len > 0 && *len <= BRISK_GLOB_MAXLEN, arg, "bad JID length");
+  luaL_argcheck(L, *len > 0 && *len <= PRESENCE_GLOB_MAXLEN, arg, "bad JID length");
   return s;
+}
+
+/* Priority is read the way mod_presence reads it: an integer, clamped to
+** -128..127. This is the one place that clamps, for update() and for
+** presence.priority() alike. */
+static lua_Integer clamp_priority(lua_Integer prio) {
+  return prio < -128 ? -128 : prio > 127 ? 127 : prio;
+}
+
+/*
+** presence.priority(text) -> the priority of a presence whose <priority/>
+** holds text (nil when it has none): "[+-]digits" as an integer, clamped;
+** anything else is 0. The same reading as mod_presence's, so that the
+** module picks a device's leading resource the way Prosody does.
+*/
+static int l_priority(lua_State *L) {
+  size_t len, i = 0;
+  const char *s = luaL_optlstring(L, 1, NULL, &len);
+  lua_Integer v = 0;
+  int neg = 0;
+  if (s != NULL && len > 0 && (s[0] == '+' || s[0] == '-')) {
+    neg = s[0] == '-';
+    i = 1;
+  }
+  if (s == NULL || i == len) { lua_pushinteger(L, 0); return 1; }
+  for (; i < len; i++) {
+    if (s[i] < '0' || s[i] > '9') { lua_pushinteger(L, 0); return 1; }
+    if (v <= 128) v = v * 10 + (s[i] - '0');  /* beyond 128 it clamps anyway */
+  }
+  lua_pushinteger(L, clamp_priority(neg ? -v : v));
+  return 1;
 }
 
 /*
 ** engine:update(jid, now, available, show, status, priority, payload)
 ** Feed the device's aggregate presence. Returns the number of events
-** queued, or nil when jid is not a device of this engine.
+** queued, or fail when jid is not a device of this engine.
 */
-static int eng_update(lua_State *L) {
+static int l_update(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len, sl = 0, pl = 0, shl = 0;
   const char *jid = check_jid(L, 2, &len);
@@ -572,12 +627,11 @@ static int eng_update(lua_State *L) {
   int avail = lua_toboolean(L, 4);
   const char *show = luaL_optlstring(L, 5, NULL, &shl);
   const char *status = luaL_optlstring(L, 6, NULL, &sl);
-  lua_Integer prio = luaL_optinteger(L, 7, 0);
+  lua_Integer prio = clamp_priority(luaL_optinteger(L, 7, 0));
   const char *payload = luaL_optlstring(L, 8, NULL, &pl);
   uint32_t now = clock_cs(e, at), di;
   uint64_t h = 0;
-  if (prio < -128) prio = -128;
-  if (prio > 127) prio = 127;
+  Presence p;
   di = lookup(e, jid, len);
   if (di == UINT32_MAX) {
     if (!selected(e, jid, len)) { luaL_pushfail(L); return 1; }
@@ -597,21 +651,25 @@ static int eng_update(lua_State *L) {
     if (payload) h = hash_bytes(h, payload, pl);
     h = hash_mix(h) | 1;   /* never 0, which marks "offline" */
   }
-  lua_pushinteger(L, apply(L, e, di, now, at, avail, show_index(show),
-                           (int8_t)prio, h));
+  p.show = show; p.showlen = shl;
+  p.status = status; p.statuslen = sl;
+  p.hash = h;
+  p.prio = (int8_t)prio;
+  p.showi = show_index(show);
+  lua_pushinteger(L, apply(L, e, di, now, at, avail, &p));
   return 1;
 }
 
 /* engine:touch(jid, now): activity from the device (resets silence).
-** Returns true when jid is a tracked device. */
-static int eng_touch(lua_State *L) {
+** Returns true when jid is a tracked device, fail when it is not. */
+static int l_touch(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len;
   const char *jid = check_jid(L, 2, &len);
   uint32_t now = clock_cs(e, check_time(L, 3));
   uint32_t di = lookup(e, jid, len);
   Device *d;
-  if (di == UINT32_MAX) { lua_pushboolean(L, 0); return 1; }
+  if (di == UINT32_MAX) { luaL_pushfail(L); return 1; }
   d = dev_at(e, di);
   if (d->seen != now || d->sidx != 0) {
     d->seen = now;
@@ -626,7 +684,7 @@ static int eng_touch(lua_State *L) {
 ** engine:tick(now): fire every debounce and silence step due by now, in
 ** order of due time. Returns the number of events queued.
 */
-static int eng_tick(lua_State *L) {
+static int l_tick(lua_State *L) {
   Engine *e = check_engine(L);
   uint32_t now = clock_cs(e, check_time(L, 2));
   uint32_t before = e->nev - e->evhead;
@@ -647,26 +705,29 @@ static int eng_tick(lua_State *L) {
       Event *ev;
       double at = e->epoch + due / 100.0;
       if (which == 1) {
-        m = dm & e->debmask[d->kind][d->didx];
+        m = dm & e->rs.debmask[d->kind][d->didx];
         if (m) {
           ev = push_event(L, e, d->kind, di, m, at);
           d = dev_at(e, di);
-          ev->after = e->deb[d->kind][d->didx];
-          ev->prev = d->kind == K_STATE ? K_ONLINE
-                   : d->kind == K_ONLINE ? K_OFFLINE : K_ONLINE;
+          ev->after = e->rs.deb[d->kind][d->didx];
+          ev->prev = d->kind == PRESENCE_STATE ? PRESENCE_ONLINE
+                   : d->kind == PRESENCE_ONLINE ? PRESENCE_OFFLINE : PRESENCE_ONLINE;
           ev->dur = due - d->last;
           ev->since = d->since;
           ev->prev_show = d->show;
           ev->prev_prio = d->prio;
+          /* Judged by the presence that started the debounce: anything
+          ** since would have been a transition, and cancelled this. */
+          ev->held = load_held(e, d, m & e->rs.condmask[d->kind]);
         }
         d->didx++;
       } else {
-        m = dm & e->silmask[d->sidx];
+        m = dm & e->rs.silmask[d->sidx];
         if (m) {
-          ev = push_event(L, e, K_SILENT, di, m, at);
+          ev = push_event(L, e, PRESENCE_SILENT, di, m, at);
           d = dev_at(e, di);
-          ev->after = e->sil[d->sidx];
-          ev->prev = K_ONLINE;
+          ev->after = e->rs.sil[d->sidx];
+          ev->prev = PRESENCE_ONLINE;
           ev->dur = due - d->seen;
           ev->since = d->since;
           ev->prev_show = d->show;
@@ -688,24 +749,79 @@ static void push_state(lua_State *L, const Device *d) {
                     : (d->flags & F_ONLINE) ? "online" : "offline");
 }
 
-/* engine:pop() -> the oldest queued event as a table, or nil. */
-static int eng_pop(lua_State *L) {
+/* The queue is empty: a burst (a whole fleet reconnecting) may have grown
+** it far beyond what steady state needs, so give that memory back. */
+static void drained(lua_State *L, Engine *e) {
+  e->evhead = e->nev = 0;
+  if (e->capev > 256) {
+    e->ev = (Event *)eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof(Event),
+                                 256 * sizeof(Event));
+    e->capev = 256;
+  }
+}
+
+/*
+** Deliver event ev: the rules it fires. A rule without a condition fires
+** whenever the engine queued it. A rule with a condition is edge-triggered:
+** it fires when its condition holds and the device's latch for it is not
+** set (then it is set), and a condition that does not hold clears the
+** latch. An offline transition clears every latch of the device. Latches
+** change when an event is delivered, not when it is queued, so events
+** dropped unseen (engine:clear()) leave them as they were.
+*/
+static uint64_t deliver(Engine *e, const Event *ev) {
+  Device *d = dev_at(e, ev->dev);
+  uint64_t fired = ev->mask, cm = ev->mask;
+  int r;
+  if (e->condbytes == 0) return fired;
+  cm &= e->rs.condmask[PRESENCE_ONLINE] | e->rs.condmask[PRESENCE_STATE];
+  for (r = 0; cm; r++, cm >>= 1) {
+    if (cm & 1) {
+      uint8_t *latched = cond_bits(e, d, 1);
+      int c = e->rs.rule[r].cond;
+      if (((ev->held >> r) & 1) && !bit_get(latched, c)) {
+        bit_set(latched, c, 1);
+      } else {
+        if (!((ev->held >> r) & 1)) bit_set(latched, c, 0);
+        fired &= ~(1ULL << r);
+      }
+    }
+  }
+  if (ev->kind == PRESENCE_OFFLINE) memset(cond_bits(e, d, 1), 0, e->condbytes);
+  return fired;
+}
+
+/*
+** engine:pop() -> the oldest queued event as a table, or fail. Its "rules"
+** are those it fires (see deliver). A debounced or silence event that
+** fires no rule exists only for its rules, so it is skipped.
+*/
+static int l_pop(lua_State *L) {
   Engine *e = check_engine(L);
-  Event *ev;
+  Event *ev = NULL;
   Device *d;
   size_t len;
   const char *jid;
+  uint64_t fired = 0;
   int r, n = 0;
-  if (e->evhead == e->nev) { lua_pushnil(L); return 1; }
-  ev = &e->ev[e->evhead++];
+  while (e->evhead < e->nev) {
+    Event *x = &e->ev[e->evhead++];
+    fired = deliver(e, x);
+    if (x->after == 0 || fired) { ev = x; break; }
+  }
+  if (ev == NULL) {
+    if (e->nev > 0) drained(L, e);
+    luaL_pushfail(L);
+    return 1;
+  }
   d = dev_at(e, ev->dev);
   jid = dev_name(e, d, &len);
   lua_createtable(L, 0, 16);
-  lua_pushstring(L, kind_names[ev->kind]); lua_setfield(L, -2, "kind");
+  lua_pushstring(L, presence_kind_names[ev->kind]); lua_setfield(L, -2, "kind");
   lua_pushlstring(L, jid, len); lua_setfield(L, -2, "jid");
   lua_pushnumber(L, ev->at); lua_setfield(L, -2, "time");
   lua_pushnumber(L, e->epoch + ev->since / 100.0); lua_setfield(L, -2, "since");
-  lua_pushstring(L, kind_names[ev->prev]); lua_setfield(L, -2, "previous");
+  lua_pushstring(L, presence_kind_names[ev->prev]); lua_setfield(L, -2, "previous");
   lua_pushnumber(L, ev->dur / 100.0); lua_setfield(L, -2, "duration");
   lua_pushnumber(L, ev->after / 100.0); lua_setfield(L, -2, "after");
   push_state(L, d); lua_setfield(L, -2, "state");
@@ -715,41 +831,45 @@ static int eng_pop(lua_State *L) {
   }
   lua_pushstring(L, show_names[ev->prev_show]); lua_setfield(L, -2, "previous_show_class");
   lua_pushinteger(L, ev->prev_prio); lua_setfield(L, -2, "previous_priority");
-  if (ev->kind == K_FLAPPING) {
+  if (ev->kind == PRESENCE_FLAPPING) {
     lua_pushinteger(L, ev->count); lua_setfield(L, -2, "transitions");
-    lua_pushnumber(L, e->det_within[ev->det] / 100.0); lua_setfield(L, -2, "within");
+    lua_pushnumber(L, e->rs.det_within[ev->det] / 100.0); lua_setfield(L, -2, "within");
   }
   lua_createtable(L, 4, 0);
-  for (r = 0; r < e->nrules; r++)
-    if (ev->mask & (1ULL << r)) {
+  for (r = 0; r < e->rs.n; r++)
+    if (fired & (1ULL << r)) {
       lua_pushinteger(L, r + 1);
       lua_rawseti(L, -2, ++n);
     }
   lua_setfield(L, -2, "rules");
-  if (e->evhead == e->nev) {
-    /* Drained: a burst (a whole fleet reconnecting) may have grown the
-    ** queue far beyond what steady state needs, so give that memory back. */
-    e->evhead = e->nev = 0;
-    if (e->capev > 256) {
-      e->ev = (Event *)eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof(Event),
-                                   256 * sizeof(Event));
-      e->capev = 256;
-    }
-  }
+  if (e->evhead == e->nev) drained(L, e);
+  return 1;
+}
+
+/*
+** engine:clear() -> drop every queued event without delivering it, and
+** return how many there were. mod_brisk_iot enters the devices online when
+** it loads this way, silently: as if it had always known them.
+*/
+static int l_clear(lua_State *L) {
+  Engine *e = check_engine(L);
+  lua_Integer n = (lua_Integer)(e->nev - e->evhead);
+  if (e->nev > 0) drained(L, e);
+  lua_pushinteger(L, n);
   return 1;
 }
 
 /* engine:pending() -> number of queued events. */
-static int eng_pending(lua_State *L) {
+static int l_pending(lua_State *L) {
   Engine *e = check_engine(L);
   lua_pushinteger(L, e->nev - e->evhead);
   return 1;
 }
 
-/* engine:next_due() -> caller's clock time of the earliest timer, or nil. */
-static int eng_next_due(lua_State *L) {
+/* engine:next_due() -> caller's clock time of the earliest timer, or fail. */
+static int l_next_due(lua_State *L) {
   Engine *e = check_engine(L);
-  if (e->nheap == 0) { lua_pushnil(L); return 1; }
+  if (e->nheap == 0) { luaL_pushfail(L); return 1; }
   lua_pushnumber(L, e->epoch + e->heap[0].due / 100.0);
   return 1;
 }
@@ -759,7 +879,7 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
   size_t len;
   const char *jid = dev_name(e, d, &len);
   int k, flap = 0;
-  uint32_t now = to_cs(e->now - e->epoch);
+  uint32_t now = presence_cs(e->now - e->epoch);
   lua_createtable(L, 0, 10);
   lua_pushlstring(L, jid, len); lua_setfield(L, -2, "jid");
   push_state(L, d); lua_setfield(L, -2, "state");
@@ -770,35 +890,35 @@ static void push_device(lua_State *L, Engine *e, uint32_t di) {
     lua_pushstring(L, show_names[d->show]); lua_setfield(L, -2, "show_class");
     lua_pushinteger(L, d->prio); lua_setfield(L, -2, "priority");
   }
-  for (k = 0; k < e->ndet; k++)
+  for (k = 0; k < e->rs.ndet; k++)
     if ((d->flap & (1u << k)) &&
-        (uint32_t)ring_count(e, d, now, e->det_within[k]) >= e->det_n[k])
+        (uint32_t)ring_count(d, now, e->rs.det_within[k]) >= e->rs.det_n[k])
       flap = 1;
   lua_pushboolean(L, flap); lua_setfield(L, -2, "flapping");
 }
 
-/* engine:get(jid) -> a table describing the device, or nil. */
-static int eng_get(lua_State *L) {
+/* engine:get(jid) -> a table describing the device, or fail. */
+static int l_get(lua_State *L) {
   Engine *e = check_engine(L);
   size_t len;
   const char *jid = check_jid(L, 2, &len);
   uint32_t di = lookup(e, jid, len);
-  if (di == UINT32_MAX) { lua_pushnil(L); return 1; }
+  if (di == UINT32_MAX) { luaL_pushfail(L); return 1; }
   push_device(L, e, di);
   return 1;
 }
 
-/* engine:device(i) -> the i-th device (1-based, creation order), or nil. */
-static int eng_device(lua_State *L) {
+/* engine:device(i) -> the i-th device (1-based, creation order), or fail. */
+static int l_device(lua_State *L) {
   Engine *e = check_engine(L);
   lua_Integer i = luaL_checkinteger(L, 2);
-  if (i < 1 || (lua_Unsigned)i > e->ndev) { lua_pushnil(L); return 1; }
+  if (i < 1 || (lua_Unsigned)i > e->ndev) { luaL_pushfail(L); return 1; }
   push_device(L, e, (uint32_t)(i - 1));
   return 1;
 }
 
 /* engine:stats() -> counts and memory. */
-static int eng_stats(lua_State *L) {
+static int l_stats(lua_State *L) {
   Engine *e = check_engine(L);
   uint32_t i, known = 0;
   for (i = 0; i < e->ndev; i++)
@@ -816,154 +936,43 @@ static int eng_stats(lua_State *L) {
 }
 
 /* engine:memory() -> bytes allocated by the engine (all of it). */
-static int eng_memory(lua_State *L) {
+static int l_memory(lua_State *L) {
   Engine *e = check_engine(L);
   lua_pushinteger(L, (lua_Integer)e->bytes);
   return 1;
 }
 
-static int eng_gc(lua_State *L) {
+static int l_gc(lua_State *L) {
   Engine *e = (Engine *)luaL_checkudata(L, 1, ENGINE_META);
   uint32_t i;
   int r;
-  for (i = 0; i < e->nchunks; i++) free(e->chunks[i]);
-  for (i = 0; i < e->nnames; i++) free(e->names[i]);
-  free(e->chunks); free(e->names); free(e->index); free(e->heap);
-  free(e->ev); free(e->masks);
-  /* All slots, not just nrules: a rule that failed validation half-way
-  ** may already own its compiled pattern. */
-  for (r = 0; r < MAX_RULES; r++) free(e->rules[r].tok);
-  for (r = 0; r < e->nsels; r++) free(e->sel[r]);
-  free(e->sel); free(e->nsel);
+  for (i = 0; i < e->nchunks; i++)
+    eng_realloc(L, e, e->chunks[i], (size_t)DEV_CHUNK * e->slot, 0);
+  for (i = 0; i < e->nnames; i++) eng_realloc(L, e, e->names[i], NAME_CHUNK, 0);
+  eng_realloc(L, e, e->chunks, (size_t)e->capchunks * sizeof *e->chunks, 0);
+  eng_realloc(L, e, e->names, (size_t)e->capnames * sizeof *e->names, 0);
+  eng_realloc(L, e, e->index, (size_t)e->capindex * sizeof *e->index, 0);
+  eng_realloc(L, e, e->heap, (size_t)e->capheap * sizeof *e->heap, 0);
+  eng_realloc(L, e, e->ev, (size_t)e->capev * sizeof *e->ev, 0);
+  eng_realloc(L, e, e->masks, (size_t)e->capmasks * sizeof *e->masks, 0);
+  presence_rules_free(L, &e->rs, &e->bytes);
+  for (r = 0; r < e->nsels; r++) eng_realloc(L, e, e->sel[r].tok, e->sel[r].size, 0);
+  eng_realloc(L, e, e->sel, (size_t)e->capsels * sizeof *e->sel, 0);
   memset(e, 0, sizeof *e);
   return 0;
 }
 
 /* ------------------------------------------------------ Lua: construction */
 
-/* Compile the glob at the top of the stack into a fresh allocation. */
-static int16_t *compile_top(lua_State *L, Engine *e, int *ntok,
-                            const char *what) {
-  size_t len;
-  const char *p, *err = NULL;
-  int16_t *tok;
-  if (lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "%s: pattern must be a string", what);
-  p = lua_tolstring(L, -1, &len);
-  if (len > BRISK_GLOB_MAXLEN)
-    luaL_error(L, "%s: bad pattern: pattern too long", what);
-  tok = (int16_t *)eng_realloc(L, e, NULL, 0, (len + 2) * sizeof(int16_t));
-  *ntok = brisk_presence_glob_compile(p, len, tok, &err);
-  if (*ntok < 0) {
-    eng_realloc(L, e, tok, (len + 2) * sizeof(int16_t), 0);
-    luaL_error(L, "%s: bad pattern '%s': %s", what, p, err);
-  }
-  return tok;
-}
-
-static double opt_number_field(lua_State *L, int t, const char *k, double def,
-                               const char *what) {
-  double v;
-  int isnum;
-  lua_getfield(L, t, k);
-  if (lua_isnil(L, -1)) { lua_pop(L, 1); return def; }
-  v = lua_tonumberx(L, -1, &isnum);
-  lua_pop(L, 1);
-  if (!isnum || !isfinite(v) || v < 0 || v > MAX_AFTER)
-    luaL_error(L, "%s: '%s' must be a number of seconds between 0 and %f",
-               what, k, MAX_AFTER);
-  return v;
-}
-
-/* Insert value v into the sorted distinct list, returning its index. */
-static int add_step(uint32_t *list, uint64_t *masks, int *n, uint32_t v) {
-  int i, j;
-  for (i = 0; i < *n; i++) {
-    if (list[i] == v) return i;
-    if (list[i] > v) break;
-  }
-  for (j = *n; j > i; j--) { list[j] = list[j - 1]; masks[j] = masks[j - 1]; }
-  list[i] = v;
-  masks[i] = 0;
-  (*n)++;
-  return i;
-}
-
-static void read_rule(lua_State *L, Engine *e, int t, int r) {
-  Rule *ru = &e->rules[r];
-  char what[160];
-  const char *on;
-  double after, within;
-  int kind, rt = lua_gettop(L) + 1;
-  lua_getfield(L, t, "name");
-  if (lua_type(L, -1) == LUA_TSTRING)
-    snprintf(what, sizeof what, "rule '%.100s'", lua_tostring(L, -1));
-  else
-    snprintf(what, sizeof what, "rule #%d", r + 1);
-  lua_pop(L, 1);
-  (void)rt;
-  lua_getfield(L, t, "on");
-  on = lua_tostring(L, -1);
-  for (kind = K_ONLINE; kind < K_COUNT; kind++)
-    if (on && strcmp(on, kind_names[kind]) == 0) break;
-  if (kind == K_COUNT) {
-    if (on) luaL_error(L, "%s: unknown event '%s' (expected online, offline, state, flapping or silent)", what, on);
-    luaL_error(L, "%s: missing 'on' (the event: online, offline, state, flapping or silent)", what);
-  }
-  lua_pop(L, 1);
-  ru->kind = (uint8_t)kind;
-  lua_getfield(L, t, "match");
-  if (!lua_isnil(L, -1)) ru->tok = compile_top(L, e, &ru->ntok, what);
-  lua_pop(L, 1);
-  after = opt_number_field(L, t, "after", 0, what);
-  ru->after = to_cs(after);
-  if (after > 0 && ru->after == 0)
-    luaL_error(L, "%s: 'after' below the engine's resolution of 0.01 s", what);
-  if (kind == K_SILENT) {
-    int i;
-    if (ru->after == 0)
-      luaL_error(L, "%s: a silent rule needs 'after' (seconds without presence or activity)", what);
-    i = add_step(e->sil, e->silmask, &e->nsil, ru->after);
-    e->silmask[i] |= 1ULL << r;
-  } else if (kind == K_FLAPPING) {
-    lua_Integer n;
-    int isint, k;
-    lua_getfield(L, t, "transitions");
-    n = lua_tointegerx(L, -1, &isint);
-    lua_pop(L, 1);
-    if (!isint || n < 2 || n > MAX_RING)
-      luaL_error(L, "%s: a flapping rule needs 'transitions', an integer from 2 to %d", what, MAX_RING);
-    within = opt_number_field(L, t, "within", 0, what);
-    if (to_cs(within) == 0)
-      luaL_error(L, "%s: a flapping rule needs 'within' (seconds)", what);
-    if (ru->after)
-      luaL_error(L, "%s: 'after' does not apply to flapping rules", what);
-    for (k = 0; k < e->ndet; k++)
-      if (e->det_n[k] == (uint32_t)n && e->det_within[k] == to_cs(within)) break;
-    if (k == e->ndet) {
-      if (e->ndet == MAX_DETECTORS)
-        luaL_error(L, "%s: more than %d distinct (transitions, within) pairs", what, MAX_DETECTORS);
-      e->det_n[k] = (uint32_t)n;
-      e->det_within[k] = to_cs(within);
-      e->ndet++;
-      if ((uint32_t)n > e->ring) e->ring = (uint32_t)n;
-    }
-    e->detmask[k] |= 1ULL << r;
-    ru->det = (uint8_t)k;
-  } else if (ru->after == 0) {
-    e->immmask[kind] |= 1ULL << r;
-  } else {
-    int i = add_step(e->deb[kind], e->debmask[kind], &e->ndeb[kind], ru->after);
-    e->debmask[kind][i] |= 1ULL << r;
-  }
-}
-
 /*
-** presence.new{ now = t, rules = { {on=, match=, after=, transitions=,
-** within=, name=}, ... }, devices = { glob, ... } }
-** Raises an error naming the rule and the problem on a bad rule.
+** presence.new{ now = t, rules = { {name=, on=, match=, after=,
+** transitions=, within=, status=, below=, above=, show=}, ... },
+** devices = { glob, ... } }
+** Raises an error naming the rule and the problem on a bad rule (rules.c),
+** a field no rule has among them: the configuration is wrong, and the
+** module that passes it on does not load.
 */
-static int eng_new(lua_State *L) {
+static int l_new(lua_State *L) {
   Engine *e;
   int r, n;
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -976,15 +985,7 @@ static int eng_new(lua_State *L) {
   lua_getfield(L, 1, "rules");
   if (!lua_isnil(L, -1)) {
     luaL_checktype(L, -1, LUA_TTABLE);
-    n = (int)luaL_len(L, -1);
-    if (n > MAX_RULES) luaL_error(L, "at most %d rules", MAX_RULES);
-    for (r = 0; r < n; r++) {
-      lua_rawgeti(L, -1, r + 1);
-      if (!lua_istable(L, -1)) luaL_error(L, "rule #%d: not a table", r + 1);
-      read_rule(L, e, lua_gettop(L), r);
-      e->nrules = r + 1;
-      lua_pop(L, 1);
-    }
+    presence_rules_read(L, &e->rs, lua_gettop(L), &e->bytes);
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "devices");
@@ -992,44 +993,49 @@ static int eng_new(lua_State *L) {
     luaL_checktype(L, -1, LUA_TTABLE);
     n = (int)luaL_len(L, -1);
     if (n > 0) {
-      e->sel = (int16_t **)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(int16_t *));
-      e->nsel = (int *)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(int));
+      e->sel = (Match *)eng_realloc(L, e, NULL, 0, (size_t)n * sizeof(Match));
+      e->capsels = n;
       for (r = 0; r < n; r++) {
         lua_rawgeti(L, -1, r + 1);
-        e->sel[r] = compile_top(L, e, &e->nsel[r], "devices");
+        presence_compile_glob(L, &e->sel[r], "devices", &e->bytes);
         e->nsels = r + 1;
         lua_pop(L, 1);
       }
     }
   }
   lua_pop(L, 1);
-  e->slot = (uint32_t)((sizeof(Device) + e->ring * sizeof(uint32_t) + 7) & ~(size_t)7);
+  e->condoff = (uint32_t)(sizeof(Device) + e->rs.ring * sizeof(uint32_t));
+  e->condbytes = (uint32_t)(e->rs.ncond + 7) / 8;
+  e->slot = (e->condoff + 2 * e->condbytes + 7) & ~7u;
   return 1;
 }
 
 static const luaL_Reg engine_methods[] = {
-  {"update", eng_update},
-  {"touch", eng_touch},
-  {"tick", eng_tick},
-  {"pop", eng_pop},
-  {"pending", eng_pending},
-  {"next_due", eng_next_due},
-  {"get", eng_get},
-  {"device", eng_device},
-  {"stats", eng_stats},
-  {"memory", eng_memory},
+  {"update", l_update},
+  {"touch", l_touch},
+  {"tick", l_tick},
+  {"pop", l_pop},
+  {"clear", l_clear},
+  {"pending", l_pending},
+  {"next_due", l_next_due},
+  {"get", l_get},
+  {"device", l_device},
+  {"stats", l_stats},
+  {"memory", l_memory},
   {NULL, NULL}
 };
 
-void brisk_presence_open_engine(lua_State *L, int mod) {
+void presence_open_engine(lua_State *L, int mod) {
   luaL_newmetatable(L, ENGINE_META);
   luaL_newlib(L, engine_methods);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, eng_gc);
+  lua_pushcfunction(L, l_gc);
   lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, eng_gc);
+  lua_pushcfunction(L, l_gc);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
-  lua_pushcfunction(L, eng_new);
+  lua_pushcfunction(L, l_new);
   lua_setfield(L, mod, "new");
+  lua_pushcfunction(L, l_priority);
+  lua_setfield(L, mod, "priority");
 }

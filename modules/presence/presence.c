@@ -1,6 +1,7 @@
 /*
-** presence.c — opener of brisk.presence: the device presence engine
-** (engine.c) and the JID glob compiler (glob.c) behind mod_brisk_iot.
+** presence.c — opener of brisk.presence, the C core behind mod_brisk_iot:
+** the device presence engine (engine.c) with its rule compiler (rules.c),
+** JID globs (glob.c) and Standard Webhooks signing (sign.c).
 */
 #include "presence.h"
 
@@ -8,9 +9,9 @@ BRISK_EXPORT int luaopen_brisk_presence(lua_State *L) {
   int mod;
   lua_newtable(L);
   mod = lua_gettop(L);
-  brisk_presence_open_glob(L, mod);
-  brisk_presence_open_engine(L, mod);
-  brisk_presence_open_sign(L, mod);
+  presence_open_glob(L, mod);
+  presence_open_engine(L, mod);
+  presence_open_sign(L, mod);
   brisk_set_version(L);
   return 1;
 }

@@ -82,8 +82,8 @@ static const luaL_Reg sign_funcs[] = {
   {NULL, NULL}
 };
 
-void brisk_presence_open_sign(lua_State *L, int mod) {
-  if (sodium_init() < 0) luaL_error(L, "brisk.presence: libsodium failed to start");
+void presence_open_sign(lua_State *L, int mod) {
+  if (sodium_init() < 0) brisk_raise(L, "brisk.presence: libsodium failed to start");
   luaL_setfuncs(L, sign_funcs, 0);
-  (void)mod;
+  BRISK_UNUSED(mod);
 }

@@ -17,6 +17,20 @@ local presence = require "brisk.presence";
 
 local M = {};
 
+-- A Standard Webhooks secret: "whsec_" and the base64 of the key. Returns
+-- the key, or nil and what is wrong.
+function M.decode_secret(s)
+	if type(s) ~= "string" then return nil, "secret must be a string"; end
+	s = s:gsub("^%s+", ""):gsub("%s+$", "");
+	local b64 = s:match("^whsec_(.+)$");
+	if not b64 then return nil, "secret must start with 'whsec_'"; end
+	local key = presence.base64_decode(b64);
+	if not key or #key < 16 then
+		return nil, "secret after 'whsec_' must be base64 of at least 16 bytes";
+	end
+	return key;
+end
+
 function M.sign(key, id, timestamp, body)
 	return "v1," .. presence.base64_encode(presence.hmac_sha256(key, id .. "." .. timestamp .. "." .. body));
 end
