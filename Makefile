@@ -84,7 +84,8 @@ deps:
 # Everything CI runs, on both Prosody versions (or the one PROSODY names): the specs against the normal
 # build, Prosody's own specs (spec/upstream/) against stock and Brisk, the
 # same again against an ASan/UBSan build, a short bounded pass of every fuzz
-# target, then one total line. A failing pass does not stop the later ones:
+# target, clang's static analyzer over every C file, then one total line. A
+# failing pass does not stop the later ones:
 # the total says what failed, and its exit status is the verdict.
 test: deps
 	@mkdir -p build && rm -f build/test-results
@@ -95,6 +96,7 @@ test: deps
 	done; true
 	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory test-asan || true
 	@BRISK_RESULTS=build/test-results $(MAKE) --no-print-directory fuzz-quick || true
+	@BRISK_RESULTS=build/test-results ANALYZE_CFLAGS="$(CFLAGS)" scripts/analyze.sh || true
 	@cat build/test-results
 	@awk '{p += $$2; f += $$3} END {printf "total: %d passed, %d failed\n", p, f; exit f > 0}' build/test-results
 

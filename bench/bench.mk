@@ -24,9 +24,12 @@ $(LOADGEN): $(LOADGEN_SRC) bench/bench.mk
 	@mkdir -p $(@D)
 	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -D_GNU_SOURCE -o $@ $(LOADGEN_SRC) -lexpat
 
+# A benchmark-only object's extra libraries: BENCH_LIBS_<name>.
+BENCH_LIBS_expat_noop := -lexpat
+
 build/bench/brisk_bench_%.so: bench/%.c bench/bench.mk
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(BENCH_LIBS_$*)
 
 bench-sos: $(BENCH_SOS)
 

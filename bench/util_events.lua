@@ -16,7 +16,7 @@ local timing = require "bench.lib.timing";
 local version = timing.prosody();
 timing.setup(arg and arg[1] == "--quick");
 
-local glue = require "brisk.util.events";
+local glue = require "brisk.patch.events";
 local stock_new = glue.stock().new;
 local brisk_new = glue.new(require "brisk.events");
 

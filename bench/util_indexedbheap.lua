@@ -19,7 +19,7 @@ local timing = require "bench.lib.timing";
 local version = timing.prosody();
 timing.setup(arg and arg[1] == "--quick");
 
-local glue = require "brisk.util.indexedbheap";
+local glue = require "brisk.patch.indexedbheap";
 local stock_create = glue.stock().create;
 local B = glue.new(require "brisk.heap");
 

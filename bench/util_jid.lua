@@ -18,7 +18,7 @@ local timing = require "bench.lib.timing";
 local version = timing.prosody();
 timing.setup(arg and arg[1] == "--quick");
 
-local glue = require "brisk.util.jid";
+local glue = require "brisk.patch.jid";
 local stock = glue.stock();
 local brisk = glue.new(require "brisk.jid");
 

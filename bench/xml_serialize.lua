@@ -14,6 +14,7 @@ require "bench.lib.prelude"
 local st = require "util.stanza"
 local xmppstream = require "util.xmppstream"
 local bx = require "brisk.xml"
+local patch = require "brisk.patch"
 
 local quick = arg and arg[1] == "--quick"
 local RUN_SECONDS = quick and 0.15 or 0.6 -- per measurement
@@ -143,7 +144,7 @@ local function measure_pair(f, set)
 	local a, b = {}, {}
 	for r = 1, RUNS do
 		a[r] = rate(f, set)
-		local undo = bx.install()
+		local undo = patch.install({ "stanza", "xmppstream" }, { rebind = false })
 		b[r] = rate(f, set)
 		undo()
 	end
@@ -179,7 +180,7 @@ local function run_tostring(s) return tostring(s) end
 local function run_top_tag(s) return s:top_tag() end
 
 -- Stock and Brisk installed (the way mod_brisk_xml runs), alternating.
-local undo = bx.install()
+local undo = patch.install({ "stanza", "xmppstream" }, { rebind = false })
 for _, set in ipairs(sets) do
 	local name, list = set[1], set[2]
 	for i, s in ipairs(list) do

@@ -26,7 +26,9 @@ static void fuzz_lua_check(lua_State *L, int status) {
 /*
 ** Prosody's libraries come from BRISK_PROSODY_LIB (set by `make env`, the
 ** chosen Prosody's folder; Debian's 0.12 by default). Prosody 13's need its
-** loader.lua first, as its own executable does.
+** loader.lua first, as its own executable does. Brisk's Lua side (which
+** puts the C cores in Prosody's place: lualib/brisk/patch/) comes from the
+** checkout's lualib/, the targets running from its top folder.
 */
 static lua_State *fuzz_lua_open(const char *modname, lua_CFunction opener,
                                 const char *script, const char *key) {
@@ -36,7 +38,7 @@ static lua_State *fuzz_lua_open(const char *modname, lua_CFunction opener,
   lua_pushstring(L, lib && *lib ? lib : "/usr/lib/prosody");
   lua_setglobal(L, "BRISK_PROSODY_LIB");
   fuzz_lua_check(L, luaL_dostring(L,
-      "package.path = BRISK_PROSODY_LIB .. '/?.lua;' .. package.path\n"
+      "package.path = 'lualib/?.lua;' .. BRISK_PROSODY_LIB .. '/?.lua;' .. package.path\n"
       "package.cpath = BRISK_PROSODY_LIB .. '/?.so;/usr/lib/x86_64-linux-gnu/lua/5.4/?.so;' .. package.cpath\n"
       "if package.searchpath('loader', BRISK_PROSODY_LIB .. '/?.lua') then require 'loader' end\n"
       "BRISK_PROSODY_LIB = nil"));

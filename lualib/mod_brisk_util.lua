@@ -8,23 +8,24 @@
 --   brisk_util_jid = true             util.jid in C
 --   brisk_util_indexedbheap = true    util.indexedbheap in C, live heaps converted
 --   brisk_util_events = false         fire_event in C (off: it does not pay, see docs/util.md)
---   brisk_util_walk_budget = 1000000  objects visited per walk of the Lua state (see brisk/walk.lua)
+--   brisk_util_walk_budget = 1000000  objects visited per walk of the Lua state (see brisk/patch/walk.lua)
 --
 -- Loading patches the libraries, converts the live objects made before it
 -- (server_epoll's timer heap, prosody.events, each host's events) and
 -- rebinds the copies of replaced functions that core and modules took when
--- they loaded (see brisk/util.lua and brisk/walk.lua); unloading undoes it
--- all, live objects included. docs/util.md has the details.
+-- they loaded (see brisk/patch.lua and brisk/patch/walk.lua); unloading
+-- undoes it all, live objects included. docs/util.md has the details.
 module:set_global();
 
-local brisk_util = require "brisk.util";
+local patch = require "brisk.patch";
 
+local names = {};
+for _, lib in ipairs({ { "jid", true }, { "indexedbheap", true }, { "events", false } }) do
+	if module:get_option_boolean("brisk_util_" .. lib[1], lib[2]) then names[#names + 1] = lib[1]; end
+end
 local opts = {
-	jid = module:get_option_boolean("brisk_util_jid", true);
-	indexedbheap = module:get_option_boolean("brisk_util_indexedbheap", true);
-	events = module:get_option_boolean("brisk_util_events", false);
 	module_path = module.path;
-	budget = module:get_option_number("brisk_util_walk_budget", require "brisk.walk".default_budget);
+	budget = module:get_option_number("brisk_util_walk_budget", require "brisk.patch.walk".default_budget);
 };
 
 -- mod_brisk_util's own closures hold nothing stock, but its environment
@@ -32,7 +33,7 @@ local opts = {
 opts.skip = { [_ENV] = true, [module] = true };
 
 local t0 = os.clock();
-local undo, report, handles = brisk_util.install(opts);
+local undo, report, handles = patch.install(names, opts);
 local took = os.clock() - t0;
 
 local function list(t)
@@ -45,7 +46,7 @@ for name, where in pairs(report.adopted) do
 end
 table.sort(adopted);
 module:log("info", "brisk.util %s installed: replaced %s; live objects converted: %s; rebound %d captured function(s) in: %s (%d objects walked, %.0f ms%s)",
-	brisk_util.core("jid", module.path)._VERSION, list(report.replaced), list(adopted), report.rebound,
+	patch.core("jid", module.path)._VERSION, list(report.replaced), list(adopted), report.rebound,
 	list(report.where), report.walked, took * 1000,
 	report.cut and "; walk budget exhausted: some copies left stock (still correct, slower)" or "");
 

@@ -41,7 +41,8 @@ end
 
 local bxml = have "brisk.xml";
 if bxml then
-	local undo = bxml.install();
+	-- as mod_brisk_xml installs it (no Prosody to rebind in this process)
+	local undo = require "brisk.patch".install({ "stanza", "xmppstream" }, { rebind = false });
 	local xmppstream = require "util.xmppstream";
 	local st = require "util.stanza";
 	local header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' "

@@ -21,7 +21,7 @@
 -- of every kind of name.
 --
 -- BRISK_FUZZ_ITER / 10 scripts (default 300); BRISK_FUZZ_SEED.
-local glue = require "brisk.util.events";
+local glue = require "brisk.patch.events";
 local core = require "brisk.events";
 local stock_new = glue.stock().new;
 local brisk_new = glue.new(core);

@@ -13,7 +13,7 @@
 -- as a stock heap. At the end every heap is compared field by field.
 --
 -- BRISK_FUZZ_ITER / 10 sequences (default 300); BRISK_FUZZ_SEED.
-local glue = require "brisk.util.indexedbheap";
+local glue = require "brisk.patch.indexedbheap";
 local stock_lib = { create = glue.stock().create };
 local B = glue.new(require "brisk.heap");
 

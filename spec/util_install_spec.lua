@@ -1,4 +1,4 @@
--- brisk.util.install and its undo, in process: what mod_brisk_util does to
+-- brisk.patch.install and its undo, in process: what mod_brisk_util does to
 -- a running Prosody, shown on stand-ins for what Prosody has when Brisk
 -- loads: a library that copied util.jid's functions into locals, a server
 -- library whose timer heap (with timers in it) lives in an upvalue, an
@@ -6,14 +6,14 @@
 -- factory that copied util.events.new. Installed, each must reach Brisk's
 -- C code (and behave as before); undone, each must be stock again, with
 -- its state (timers, handlers) intact.
-local brisk_util = require "brisk.util";
+local patch = require "brisk.patch";
 local jid_lib = require "brisk.prosody".lib("util.jid");
 local heap_lib = require "brisk.prosody".lib("util.indexedbheap");
 local events_lib = require "brisk.prosody".lib("util.events");
 
-local stock_jid = require "brisk.util.jid".stock();
-local stock_heap = require "brisk.util.indexedbheap".stock();
-local stock_events = require "brisk.util.events".stock();
+local stock_jid = require "brisk.patch.jid".stock();
+local stock_heap = require "brisk.patch.indexedbheap".stock();
+local stock_events = require "brisk.patch.events".stock();
 
 local function is_c(f) return debug.getinfo(f, "S").what == "C"; end
 
@@ -57,7 +57,7 @@ local function publish(w)
 	package.loaded["spec.brisk_util_world"] = w;
 end
 
-describe("brisk.util.install", function ()
+describe("brisk.patch.install", function ()
 	local w;
 	before_each(function ()
 		w = make_world();
@@ -68,7 +68,7 @@ describe("brisk.util.install", function ()
 	end);
 
 	it("reaches copies and live objects made before it, and undo gives them back", function ()
-		local undo, report = brisk_util.install({ jid = true, indexedbheap = true, events = true });
+		local undo, report = patch.install({ "jid", "indexedbheap", "events" });
 		assert.same({ "util.jid", "util.indexedbheap", "util.events" }, report.replaced);
 		assert.is_false(report.cut);
 
@@ -104,7 +104,7 @@ describe("brisk.util.install", function ()
 
 		local back = undo();
 		assert.truthy(back.rebound >= 4);
-		for _, name in ipairs(require "brisk.util.jid".names) do
+		for _, name in ipairs(require "brisk.patch.jid".names) do
 			assert.equal(stock_jid[name], jid_lib[name], name);
 		end
 		assert.equal(stock_jid.split, upvalue(w.router, "jid_split"));
@@ -127,7 +127,7 @@ describe("brisk.util.install", function ()
 	end);
 
 	it("replaces only what its switches say", function ()
-		local undo, report = brisk_util.install({ jid = false, indexedbheap = true, events = false });
+		local undo, report = patch.install({ "indexedbheap" });
 		assert.same({ "util.indexedbheap" }, report.replaced);
 		assert.equal(stock_jid.split, jid_lib.split);
 		assert.equal(stock_jid.split, upvalue(w.router, "jid_split"));
@@ -139,7 +139,7 @@ describe("brisk.util.install", function ()
 
 	it("can be installed again after an undo, and undo twice is harmless", function ()
 		for _ = 1, 2 do
-			local undo = brisk_util.install({ jid = true, indexedbheap = true, events = true });
+			local undo = patch.install({ "jid", "indexedbheap", "events" });
 			-- stock's fallbacks still are stock's (no rebinding loop through Brisk)
 			assert.has_error(function () jid_lib.split(false) end);
 			assert.equal(0, select("#", jid_lib.prep("@")));
@@ -156,7 +156,7 @@ describe("brisk.util.install", function ()
 		local odd = stock_heap.create();
 		odd:insert("a", "text priority");
 		w.odd = odd;
-		local undo, report = brisk_util.install({ indexedbheap = true });
+		local undo, report = patch.install({ "indexedbheap" });
 		assert.equal(stock_heap.mt, getmetatable(odd));
 		local notes = table.concat(report.adopted["util.indexedbheap"], "\n");
 		assert.truthy(notes:match("left stock"), notes);
@@ -165,7 +165,7 @@ describe("brisk.util.install", function ()
 	end);
 
 	it("keeps events objects exact whichever closure is used", function ()
-		local undo = brisk_util.install({ events = true });
+		local undo = patch.install({ "events" });
 		-- a wrapper added through stock's add_wrapper, captured before
 		local e = w.events;
 		local add_wrapper = e.add_wrapper;

@@ -9,7 +9,7 @@
 --
 -- BRISK_FUZZ_ITER (default 3000) random JIDs; BRISK_FUZZ_SEED to change
 -- the seed.
-local glue = require "brisk.util.jid";
+local glue = require "brisk.patch.jid";
 local stock = glue.stock();
 local brisk = glue.new(require "brisk.jid");
 

@@ -1,9 +1,17 @@
--- brisk.xml.install() and its undo for the serializer: what is patched in
--- util.stanza, that Prosody-style use of the patched stanza_mt matches stock
--- byte for byte, and that undo restores stock exactly. Every test undoes
--- its install, since all specs share one Lua state.
+-- brisk.patch's install of brisk.xml's serializer and its undo: what is
+-- patched in util.stanza, that Prosody-style use of the patched stanza_mt
+-- matches stock byte for byte, and that undo restores stock exactly. Every
+-- test undoes its install, since all specs share one Lua state.
 local st = require "util.stanza"
 local bx = require "brisk.xml"
+local patch = require "brisk.patch"
+-- Brisk's functions for this util.stanza, as the install puts them in place
+local functions = require "brisk.patch.stanza".functions(bx)
+
+-- What mod_brisk_xml installs (only the serializer with parse = false).
+local function install(names)
+	return (patch.install(names or { "stanza", "xmppstream" }, { rebind = false }))
+end
 
 local mt = st.stanza_mt
 
@@ -33,12 +41,12 @@ local function sample()
 		:tag("x", { xmlns = "jabber:client" }):tag("y"):text("é🎉"):up():up()
 end
 
-describe("brisk.xml serializer install", function ()
+describe("brisk.patch's stanza serializer install", function ()
 	local stock_tostring, stock_top_tag, stock_escape = mt.__tostring, mt.top_tag, st.xml_escape
 
 	it("patches __tostring, top_tag and xml_escape, and undo restores stock exactly", function ()
 		local before = snapshot()
-		local undo = bx.install()
+		local undo = install()
 		finally(function () undo() end)
 		assert.are_not.equal(stock_tostring, mt.__tostring)
 		assert.are_not.equal(stock_top_tag, mt.top_tag)
@@ -56,7 +64,7 @@ describe("brisk.xml serializer install", function ()
 		local want, want_top = stock_tostring(s), stock_top_tag(s)
 		local want_pretty, want_pretty_top = s:pretty_print(), s:pretty_top_tag()
 		local want_indent = stock_tostring(s:indent())
-		local undo = bx.install()
+		local undo = install()
 		finally(function () undo() end)
 		assert.equal(want, tostring(s))
 		assert.equal(want, s:__tostring())
@@ -71,12 +79,12 @@ describe("brisk.xml serializer install", function ()
 		s.tags[#s.tags + 1] = st.stanza("not-a-child")
 		undo()
 		local want2 = tostring(s)
-		undo = bx.install()
+		undo = install()
 		assert.equal(want2, tostring(s))
 	end)
 
 	it("raises stock's own errors, message and location included", function ()
-		local undo = bx.install()
+		local undo = install()
 		finally(function () undo() end)
 		local s = st.stanza("a"); s[1] = 42
 		local ok, err = pcall(tostring, s)
@@ -92,9 +100,9 @@ describe("brisk.xml serializer install", function ()
 
 	it("installs once when installed twice; the first undo restores stock", function ()
 		local before = snapshot()
-		local undo1 = bx.install()
+		local undo1 = install()
 		local patched = mt.__tostring
-		local undo2 = bx.install()
+		local undo2 = install()
 		finally(function () undo1(); undo2() end)
 		assert.equal(patched, mt.__tostring)
 		undo2()
@@ -102,8 +110,8 @@ describe("brisk.xml serializer install", function ()
 		undo1()
 		assert_same_snapshot(before, snapshot())
 		-- and in the other order
-		undo1 = bx.install()
-		undo2 = bx.install()
+		undo1 = install()
+		undo2 = install()
 		undo1()
 		assert_same_snapshot(before, snapshot())
 		undo2()
@@ -111,7 +119,7 @@ describe("brisk.xml serializer install", function ()
 	end)
 
 	it("leaves someone else's later patch alone", function ()
-		local undo = bx.install()
+		local undo = install()
 		finally(function () undo() end)
 		local theirs = function (t) return "theirs" .. stock_tostring(t) end
 		mt.__tostring = theirs
@@ -123,20 +131,20 @@ describe("brisk.xml serializer install", function ()
 
 	it("leaves util.stanza alone with serialize = false", function ()
 		local before = snapshot()
-		local undo = bx.install({ serialize = false })
+		local undo = install({ "xmppstream" })
 		finally(function () undo() end)
 		assert_same_snapshot(before, snapshot())
 		undo()
 		assert_same_snapshot(before, snapshot())
 	end)
 
-	it("module-level tostring and top_tag fall back to stock also while installed", function ()
-		local undo = bx.install()
+	it("falls back to stock's own functions, never to itself, also while installed", function ()
+		local undo = install()
 		finally(function () undo() end)
 		local s = st.stanza("a"); s[1] = true
-		local _, err = pcall(bx.tostring, s)
+		local _, err = pcall(functions.__tostring, s)
 		local _, err2 = pcall(stock_tostring, s)
 		assert.equal(err2, err)
-		assert.equal(stock_top_tag(sample()), bx.top_tag(sample()))
+		assert.equal(stock_top_tag(sample()), functions.top_tag(sample()))
 	end)
 end)

@@ -5,7 +5,7 @@
 ** table with util.jid's functions (split, bare, prepped_split, join, prep,
 ** compare, node, host, resource, escape, unescape). Lua passes in the
 ** stringprep functions of Prosody's own util.encodings and the stock util.jid
-** table; nothing here requires anything.
+** table; nothing here loads another Lua module.
 **
 ** Exactness. Each function returns what stock's returns, value for value
 ** and count for count (stock's bare `return` gives no values, split on an

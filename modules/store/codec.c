@@ -573,7 +573,7 @@ const char *store_decode_meta(lua_State *L, Cursor *c, int smt) {
 
 /* ---------------------------------------------------------------- payloads by kind */
 
-/* Decode the whole payload of a key's own row and require nothing left over. */
+/* Decode the whole payload of a key's own row, with nothing left over. */
 const char *store_decode_payload(lua_State *L, Cursor *c, int kind, int smt, int names, int keys) {
   const char *err;
   if (kind == STORE_KIND_VALUE) err = store_decode_value(L, c, smt);

@@ -18,7 +18,7 @@
 ** arguments, a closed database) raises. mod_storage_brisk turns this into
 ** exactly what the stock drivers return.
 **
-** The module requires nothing: what it needs from Prosody (util.stanza's
+** The module loads no Lua module: what it needs from Prosody (util.stanza's
 ** metatable) is passed to store.open by the Lua side.
 */
 #include <sodium.h>

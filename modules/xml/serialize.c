@@ -28,9 +28,11 @@
 ** per sequence of attribute keys, the order stock's attribute copy iterates
 ** in (see TTCache). docs/xml-serializer.md has the measurements.
 **
-** brisk_xml_install_serializer patches util.stanza in place and pushes a
-** function that undoes exactly what it patched, so unloading mod_brisk_xml
-** restores stock behaviour.
+** serializer(stanza_mt, stock_tostring, stock_top_tag) makes the two
+** functions for one util.stanza: each falls back on the stock function it
+** is given. Putting them in place (and back) is the Lua side's job
+** (lualib/brisk/patch/xml.lua). xml_escape is util.stanza.xml_escape, with
+** the same escape scan as the walk.
 */
 #include <stdint.h>
 #include <string.h>
@@ -44,7 +46,7 @@
 /* Buffers larger than this are not kept for reuse after a call. */
 #define OUT_KEEP_MAX (256 * 1024)
 
-#define OUT_MT "brisk.xml.out"
+#define OUT_MT "brisk.xml.Out"
 
 /*
 ** One open element of the walk: the last child visited, the count, its
@@ -54,12 +56,12 @@
 ** element's stack slots while the level is open, so the pointers stay
 ** valid even if a metamethod edits the element meanwhile.
 */
-typedef struct Level {
+typedef struct WalkLevel {
   lua_Integer n, len;
   const char *name, *ns;
   size_t nl, nsl;
   int nst;
-} Level;
+} WalkLevel;
 
 #define NS_NONE   0 /* attr.xmlns is nil */
 #define NS_STRING 1
@@ -73,7 +75,7 @@ typedef struct Level {
 typedef struct Out {
   char *p;
   size_t n, cap;
-  Level *lv;
+  WalkLevel *lv;
   size_t nlv;
   int busy; /* a call is using it (or one was unwound by an error) */
   lua_Alloc f;
@@ -88,7 +90,7 @@ typedef struct Out {
 ** upvalues. (attr.xmlns is picked up while iterating the attributes.)
 */
 #define UV_CACHE   1 /* a reusable Out */
-#define UV_MT      2 /* util.stanza's stanza_mt, or nil until looked up */
+#define UV_MT      2 /* util.stanza's stanza_mt */
 #define UV_STOCK   3 /* the stock function this one stands in for */
 #define UV_KNAME   4 /* "name" */
 #define UV_KATTR   5 /* "attr" */
@@ -135,7 +137,7 @@ static int l_top_tag(lua_State *L);
 static int out_gc(lua_State *L) {
   Out *o = (Out *)luaL_checkudata(L, 1, OUT_MT);
   if (o->p) o->f(o->ud, o->p, o->cap, 0);
-  if (o->lv) o->f(o->ud, o->lv, o->nlv * sizeof(Level), 0);
+  if (o->lv) o->f(o->ud, o->lv, o->nlv * sizeof(WalkLevel), 0);
   o->p = NULL;
   o->lv = NULL;
   o->cap = o->nlv = o->n = 0;
@@ -188,10 +190,10 @@ static void out_grow(lua_State *L, Out *o, size_t need) {
   size_t cap = o->cap ? o->cap : 512;
   char *p;
   if (need > ((size_t)-1) / 2 - o->n)
-    luaL_error(L, "brisk.xml: serialized stanza too large");
+    brisk_raise(L, "brisk.xml: serialized stanza too large");
   while (cap < o->n + need) cap *= 2;
   p = (char *)o->f(o->ud, o->p, o->cap, cap);
-  if (p == NULL) luaL_error(L, "not enough memory");
+  if (p == NULL) brisk_raise(L, "not enough memory");
   o->p = p;
   o->cap = cap;
 }
@@ -366,17 +368,17 @@ static inline void out_escaped(lua_State *L, Out *o, const char *s,
 ** Ensure room for the walk's integer stack at the given depth (the walk
 ** goes one level deeper at a time, so doubling is always enough).
 */
-static Level *level_grow(lua_State *L, Out *o, size_t depth) {
+static WalkLevel *level_grow(lua_State *L, Out *o, size_t depth) {
   size_t n = o->nlv ? o->nlv * 2 : 32;
-  Level *lv = (Level *)o->f(o->ud, o->lv, o->nlv * sizeof(Level),
-                            n * sizeof(Level));
-  if (lv == NULL) luaL_error(L, "not enough memory");
+  WalkLevel *lv = (WalkLevel *)o->f(o->ud, o->lv, o->nlv * sizeof(WalkLevel),
+                            n * sizeof(WalkLevel));
+  if (lv == NULL) brisk_raise(L, "not enough memory");
   o->lv = lv;
   o->nlv = n;
   return &o->lv[depth];
 }
 
-static inline Level *level_at(lua_State *L, Out *o, size_t depth) {
+static inline WalkLevel *level_at(lua_State *L, Out *o, size_t depth) {
   return depth < o->nlv ? &o->lv[depth] : level_grow(L, o, depth);
 }
 
@@ -468,7 +470,7 @@ write_ns_attr(lua_State *L, Out *o, const char *k, size_t kl, int vi,
 ** interned short strings are usually the same pointer, so that is tried
 ** first. A string never equals a non-string.
 */
-static inline int same_ns(const Level *parent, const char *v, size_t vl) {
+static inline int same_ns(const WalkLevel *parent, const char *v, size_t vl) {
   return parent != NULL && parent->nst == NS_STRING &&
          (parent->ns == v ||
           (parent->nsl == vl && memcmp(parent->ns, v, vl) == 0));
@@ -486,8 +488,8 @@ static inline int same_ns(const Level *parent, const char *v, size_t vl) {
 ** Inlined into the walk, where it runs for every element.
 */
 static inline __attribute__((always_inline)) int
-attrs_inline(lua_State *L, Out *o, int attr, const Level *parent,
-             int parentns, Level *self, int nsslot) {
+attrs_inline(lua_State *L, Out *o, int attr, const WalkLevel *parent,
+             int parentns, WalkLevel *self, int nsslot) {
   const int ki = attr + 1, vi = attr + 2;
   lua_Integer nsid = 0;
   self->nst = NS_NONE;
@@ -546,7 +548,7 @@ attrs_inline(lua_State *L, Out *o, int attr, const Level *parent,
 
 /* The same as a plain function, for top_tag. */
 static int write_attrs(lua_State *L, Out *o, int attr, int nsslot) {
-  Level self;
+  WalkLevel self;
   return attrs_inline(L, o, attr, NULL, 0, &self, nsslot);
 }
 
@@ -572,10 +574,10 @@ static int walk(lua_State *L, Out *o, int root) {
   const int top = lua_gettop(L), keys = top + 1, base = top + 2;
   int limit = top + STACK_CHUNK, t = base + 1;
   size_t depth = 0;
-  Level *lv; /* the innermost open element's, in o->lv[depth - 1] */
+  WalkLevel *lv; /* the innermost open element's, in o->lv[depth - 1] */
   if (lua_type(L, root) != LUA_TTABLE) return 0;
   if (!lua_checkstack(L, STACK_CHUNK))
-    luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+    brisk_raise(L, "brisk.xml: stanza nested too deeply to serialize");
   /* The keys on the stack: a stack slot is cheaper to read than an
      upvalue. */
   lua_pushvalue(L, lua_upvalueindex(UV_KNAME));
@@ -588,8 +590,8 @@ static int walk(lua_State *L, Out *o, int root) {
     ** t.name read the same field) is at t + 1, the top. Its slots: t + 2
     ** its raw attr.xmlns, t + 3 attr, t + 4 #t.
     */
-    Level *self = level_at(L, o, depth); /* may move o->lv */
-    Level *parent = depth > 0 ? self - 1 : NULL;
+    WalkLevel *self = level_at(L, o, depth); /* may move o->lv */
+    WalkLevel *parent = depth > 0 ? self - 1 : NULL;
     const char *name;
     size_t nl;
     lua_Integer len;
@@ -651,7 +653,7 @@ static int walk(lua_State *L, Out *o, int root) {
         /* A child needs SLOTS slots after ours, its attributes three
            more. */
         if (!lua_checkstack(L, STACK_CHUNK))
-          luaL_error(L, "brisk.xml: stanza nested too deeply to serialize");
+          brisk_raise(L, "brisk.xml: stanza nested too deeply to serialize");
         limit = lua_gettop(L) + STACK_CHUNK;
       }
       type = get_index(L, t, ++lv->n);
@@ -682,50 +684,18 @@ fallback:
 
 /* ------------------------------------------------------- entry points */
 
-/*
-** Push the stock function this closure stands in for: stanza_mt[field], or
-** util.stanza[field] when in_mt is 0. An installed closure holds it
-** (UV_STOCK); a module-level one looks in util.stanza on each (rare) need,
-** since what is there can change, and takes the stock function out of our
-** closure when it finds Brisk installed. Also fills in UV_MT.
-*/
-static void push_stock(lua_State *L, const char *field, int in_mt,
-                       lua_CFunction self) {
-  if (!lua_isnil(L, lua_upvalueindex(UV_STOCK))) {
-    lua_pushvalue(L, lua_upvalueindex(UV_STOCK));
-    return;
-  }
-  if (!brisk_require_prosody(L, "util.stanza"))
-    luaL_error(L, "brisk.xml: cannot load util.stanza");
-  lua_getfield(L, -1, "stanza_mt");
-  if (!lua_istable(L, -1))
-    luaL_error(L, "brisk.xml: util.stanza has no stanza_mt");
-  lua_getfield(L, in_mt ? -1 : -2, field);
-  if (lua_tocfunction(L, -1) == self) {
-    lua_getupvalue(L, -1, UV_STOCK);
-    lua_remove(L, -2);
-  }
-  if (!lua_isfunction(L, -1))
-    luaL_error(L, "brisk.xml: util.stanza has no %s%s",
-               in_mt ? "stanza_mt." : "", field);
-  lua_pushvalue(L, -2);
-  lua_replace(L, lua_upvalueindex(UV_MT));
-  lua_replace(L, -3);
-  lua_pop(L, 1);
-}
-
-/* Call the stock function with the first nargs arguments; return 1 result. */
-static int call_stock(lua_State *L, int nargs, const char *field, int in_mt,
-                      lua_CFunction self) {
+/* Call the stock function this closure stands in for (UV_STOCK) with the
+** first nargs arguments; return its one result. */
+static int call_stock(lua_State *L, int nargs) {
   lua_settop(L, nargs);
-  push_stock(L, field, in_mt, self);
+  lua_pushvalue(L, lua_upvalueindex(UV_STOCK));
   lua_insert(L, 1);
   lua_call(L, nargs, 1);
   return 1;
 }
 
 /*
-** __tostring(stanza) / brisk.xml.tostring(stanza): the stanza as XML.
+** __tostring(stanza): the stanza as XML.
 */
 static int l_tostring(lua_State *L) {
   Out *o;
@@ -735,7 +705,7 @@ static int l_tostring(lua_State *L) {
   o = out_acquire(L, &fresh); /* 2 */
   if (!walk(L, o, 1)) {
     out_release(L, o, 2, fresh);
-    return call_stock(L, 1, "__tostring", 1, l_tostring);
+    return call_stock(L, 1);
   }
   lua_pushlstring(L, o->p, o->n);
   out_release(L, o, 2, fresh);
@@ -956,22 +926,18 @@ static int l_top_tag(lua_State *L) {
   Out *o;
   int fresh, r;
   lua_settop(L, 1);
-  if (lua_isnil(L, lua_upvalueindex(UV_MT))) {
-    push_stock(L, "top_tag", 1, l_top_tag);
-    lua_settop(L, 1);
-  }
   /* clone() insists on a stanza (getmetatable(s) == stanza_mt). */
   if (!lua_getmetatable(L, 1) || !lua_rawequal(L, 2, lua_upvalueindex(UV_MT)))
-    return call_stock(L, 1, "top_tag", 1, l_top_tag);
+    return call_stock(L, 1);
   lua_settop(L, 1);
   get_key(L, 1, UV_KATTR);          /* 2 */
   lua_getfield(L, 1, "namespaces"); /* 3: clone copies it with pairs */
   get_key(L, 1, UV_KNAME);          /* 4 */
   if (!plain_table(L, 2) || (lua_toboolean(L, 3) && !plain_table(L, 3)) ||
       lua_tolstring(L, 4, NULL) == NULL)
-    return call_stock(L, 1, "top_tag", 1, l_top_tag);
+    return call_stock(L, 1);
   if ((r = top_tag_cached(L)) == 1) return 1;
-  if (r == 0) return call_stock(L, 1, "top_tag", 1, l_top_tag);
+  if (r == 0) return call_stock(L, 1);
   lua_newtable(L);                  /* 5: the copy, as "attr[k] = v" */
   lua_pushnil(L);
   while (lua_next(L, 2)) {
@@ -990,7 +956,7 @@ static int l_top_tag(lua_State *L) {
   }
   if (!write_attrs(L, o, 8, 6)) {
     out_release(L, o, 7, fresh);
-    return call_stock(L, 1, "top_tag", 1, l_top_tag);
+    return call_stock(L, 1);
   }
   out_char(L, o, '>');
   lua_pushlstring(L, o->p, o->n);
@@ -998,21 +964,14 @@ static int l_top_tag(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg serializer_funcs[] = {
-  {"tostring", l_tostring},
-  {"top_tag", l_top_tag},
-  {NULL, NULL}
-};
-
 /*
 ** Push a closure of fn with its own upvalues: a buffer, the stanza_mt and
-** stock function at the given indices (0: nil, looked up on first need),
-** and the keys.
+** the stock function at the given stack indices, and the keys.
 */
 static void push_closure(lua_State *L, lua_CFunction fn, int mt, int stock) {
   out_new(L);
-  if (mt) lua_pushvalue(L, mt); else lua_pushnil(L);
-  if (stock) lua_pushvalue(L, stock); else lua_pushnil(L);
+  lua_pushvalue(L, mt);
+  lua_pushvalue(L, stock);
   lua_pushliteral(L, "name");
   lua_pushliteral(L, "attr");
   if (fn == l_top_tag) {
@@ -1032,107 +991,72 @@ static void push_closure(lua_State *L, lua_CFunction fn, int mt, int stock) {
   lua_pushcclosure(L, fn, UV_COUNT);
 }
 
-/* ------------------------------------------------------ install/undo */
+/*
+** serializer(stanza_mt, stock_tostring, stock_top_tag): Brisk's __tostring
+** and top_tag for the util.stanza whose metatable is stanza_mt. Whatever
+** they do not serialize plainly goes to the stock function given.
+*/
+static int l_serializer(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  push_closure(L, l_tostring, 1, 2);
+  push_closure(L, l_top_tag, 1, 3);
+  return 2;
+}
 
 /*
-** What install patches: the field, the table it lives in (1 = stanza_mt,
-** 0 = the module table) and the C function put there.
+** xml_escape(s): byte-identical to util.stanza.xml_escape, which is
+** string.gsub(s, "['&<>\"]", table). Like gsub it accepts numbers
+** (converted with Lua's own rules), and for any other type it raises the
+** error stock raises (its local alias of gsub is named s_gsub, and it
+** always passes one argument, so a missing one reads "got nil"). Other
+** bytes, valid UTF-8 or not, are copied through, as stock does.
 */
-static const struct Patch {
-  const char *field;
-  int in_mt;
-  lua_CFunction fn;
-} patches[] = {
-  {"__tostring", 1, l_tostring},
-  {"top_tag", 1, l_top_tag},
-  {"xml_escape", 0, NULL}, /* brisk.xml.xml_escape, from xml.c */
+static int l_xml_escape(lua_State *L) {
+  size_t len, i, start = 0;
+  const char *s;
+  luaL_Buffer b;
+  int t = lua_type(L, 1);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER)
+    return luaL_error(L, "bad argument #1 to 's_gsub' (string expected, got %s)",
+                      t == LUA_TNONE ? "nil" : luaL_typename(L, 1));
+  s = lua_tolstring(L, 1, &len);
+  i = next_special(s, 0, len);
+  if (i == len) {
+    /* nothing to escape: the string itself (gsub returns a string, never
+    ** a number) */
+    lua_settop(L, 1);
+    if (t == LUA_TNUMBER) lua_pushlstring(L, s, len);
+    return 1;
+  }
+  luaL_buffinit(L, &b);
+  do {
+    unsigned char c = esc_class[(unsigned char)s[i]];
+    luaL_addlstring(&b, s + start, i - start);
+    luaL_addlstring(&b, esc_text[c], esc_len[c]);
+    start = i + 1;
+  } while ((i = next_special(s, start, len)) < len);
+  luaL_addlstring(&b, s + start, len - start);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static const luaL_Reg serializer_funcs[] = {
+  {"serializer", l_serializer},
+  {"xml_escape", l_xml_escape},
+  {NULL, NULL}
 };
-#define NPATCHES ((int)(sizeof patches / sizeof patches[0]))
 
-/*
-** The undo closure. Upvalues: 1 = util.stanza, 2 = stanza_mt, then for
-** each patch the value installed (false if none) and the original it
-** replaced. A field is restored only while it still holds what install put
-** there, so undoing never clobbers someone else's later patch, and a
-** second call is a no-op.
-*/
-static int l_uninstall(lua_State *L) {
-  int i;
-  for (i = 0; i < NPATCHES; i++) {
-    int tbl = lua_upvalueindex(patches[i].in_mt ? 2 : 1);
-    lua_getfield(L, tbl, patches[i].field);
-    if (lua_toboolean(L, lua_upvalueindex(3 + 2 * i)) &&
-        lua_rawequal(L, -1, lua_upvalueindex(3 + 2 * i))) {
-      lua_pushvalue(L, lua_upvalueindex(4 + 2 * i));
-      lua_setfield(L, tbl, patches[i].field);
-    }
-    lua_pop(L, 1);
-  }
-  return 0;
-}
-
-/* Is the value at idx Brisk's own version of patch p? */
-static int is_ours(lua_State *L, int idx, const struct Patch *p) {
-  int ours;
-  if (p->fn != NULL) return lua_tocfunction(L, idx) == p->fn;
-  lua_getfield(L, LUA_REGISTRYINDEX, "brisk.xml");
-  lua_getfield(L, -1, p->field);
-  ours = lua_rawequal(L, idx, -1);
-  lua_pop(L, 2);
-  return ours;
-}
-
-/*
-** Install: each field that does not already hold Brisk's version gets it;
-** installing twice patches once, and only the first undo restores.
-*/
-void brisk_xml_install_serializer(lua_State *L, int st) {
-  int mt, i;
-  st = lua_absindex(L, st);
-  lua_getfield(L, st, "stanza_mt");
-  if (!lua_istable(L, -1))
-    luaL_error(L, "brisk.xml: util.stanza has no stanza_mt");
-  mt = lua_gettop(L);
-  lua_pushvalue(L, st);
-  lua_pushvalue(L, mt);
-  for (i = 0; i < NPATCHES; i++) {
-    const struct Patch *p = &patches[i];
-    int tbl = p->in_mt ? mt : st;
-    int orig;
-    lua_getfield(L, tbl, p->field);
-    orig = lua_gettop(L);
-    if (is_ours(L, orig, p)) {
-      lua_pushboolean(L, 0);
-      lua_insert(L, orig); /* [.., false, original] */
-      continue;
-    }
-    if (p->fn == NULL) {
-      lua_getfield(L, LUA_REGISTRYINDEX, "brisk.xml");
-      lua_getfield(L, -1, p->field);
-      lua_remove(L, -2);
-    } else {
-      /* The original is also what the C version falls back on. */
-      if (!lua_isfunction(L, orig))
-        luaL_error(L, "brisk.xml: util.stanza has no stanza_mt.%s", p->field);
-      push_closure(L, p->fn, mt, orig);
-    }
-    lua_pushvalue(L, -1);
-    lua_setfield(L, tbl, p->field);
-    lua_insert(L, orig); /* [.., installed, original] */
-  }
-  lua_pushcclosure(L, l_uninstall, 2 + 2 * NPATCHES);
-  lua_remove(L, mt);
-}
-
-void brisk_xml_open_serializer(lua_State *L, int mod) {
+void xml_open_serializer(lua_State *L, int mod) {
   mod = lua_absindex(L, mod);
   if (luaL_newmetatable(L, OUT_MT)) {
     lua_pushcfunction(L, out_gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);
-  for (const luaL_Reg *r = serializer_funcs; r->name; r++) {
-    push_closure(L, r->func, 0, 0);
-    lua_setfield(L, mod, r->name);
-  }
+  lua_pushvalue(L, mod);
+  luaL_setfuncs(L, serializer_funcs, 0);
+  lua_pop(L, 1);
 }

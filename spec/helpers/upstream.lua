@@ -3,11 +3,10 @@
 --
 -- BRISK_UPSTREAM=stock runs them against stock Prosody, as Prosody's own
 -- test suite does; BRISK_UPSTREAM=brisk with Brisk in its place:
---   util_stanza, util_xmppstream: brisk.xml installed first (its parser and
---     serializer replace stock's in util.xmppstream and util.stanza);
---   util_jid, util_indexedbheap, util_events: brisk.util installed first,
---     all three libraries (util.jid's functions, util.indexedbheap.create
---     and util.events.new are Brisk's);
+--   every library spec: Brisk installed first, as mod_brisk_xml and
+--     mod_brisk_util install it (brisk.patch): brisk.xml's parser and
+--     serializer in util.xmppstream and util.stanza, and all three of
+--     util.jid's functions, util.indexedbheap.create and util.events.new;
 --   core_storagemanager: the spec's `configs` table (its list of drivers
 --     under test) replaced by the brisk driver alone.
 -- Either way the storage spec finds drivers through CFG_PLUGINDIR: Brisk's
@@ -23,11 +22,10 @@ local core = assert(package.searchpath("core.storagemanager", package.path), "Pr
 _G.CFG_PLUGINDIR = lualib .. ";" .. core:gsub("core/storagemanager%.lua$", "modules/");
 
 if target == "brisk" then
-	local replaced = select(2, require "brisk.xml".install());
-	assert(#replaced == 2, "brisk.xml.install() replaced only: " .. table.concat(replaced, ", "));
 	-- A spec process has no Prosody to rebind: only the libraries are patched.
-	local _, report = require "brisk.util".install({ jid = true, indexedbheap = true, events = true, rebind = false });
-	assert(#report.replaced == 3, "brisk.util.install() replaced only: " .. table.concat(report.replaced, ", "));
+	local names = { "stanza", "xmppstream", "jid", "indexedbheap", "events" };
+	local _, report = require "brisk.patch".install(names, { rebind = false });
+	assert(#report.replaced == #names, "brisk.patch.install() replaced only: " .. table.concat(report.replaced, ", "));
 end
 
 -- describe("storagemanager", fn) registers fn before busted runs it; fn's

@@ -1,38 +1,52 @@
--- brisk.util — Brisk's C drop-ins for Prosody's per-stanza libraries:
--- util.jid (brisk.jid), util.indexedbheap (brisk.heap) and util.events'
--- fire_event (brisk.events). All the Prosody coupling is here and in
--- brisk/util/<library>.lua; the C cores only export factories.
+-- brisk.patch — where Brisk patches Prosody. Every replacement of a Prosody
+-- function or object by a Brisk C core is made (and undone) here and in the
+-- files of brisk/patch/, one per Prosody library:
 --
--- install{ jid = true, indexedbheap = true, events = true, rebind = true,
---          module_path = <for brisk.loader>, skip = { <values a walk leaves alone> },
---          budget = <objects per walk, default brisk.walk.default_budget> }
--- patches the chosen libraries and, unless rebind is false, then
---   1. walks the Lua state once (brisk.walk) for live objects made before
---      (server_epoll's and util.timer's heaps, prosody.events, every
---      host's events object...) and adopts them;
+--   brisk/patch/xmppstream.lua    util.xmppstream.new      (brisk.xml's parser)
+--   brisk/patch/stanza.lua        util.stanza's serializer (brisk.xml's)
+--   brisk/patch/jid.lua           util.jid                 (brisk.jid)
+--   brisk/patch/indexedbheap.lua  util.indexedbheap        (brisk.heap)
+--   brisk/patch/events.lua        util.events' fire_event  (brisk.events)
+--   brisk/patch/walk.lua          finding what Prosody captured before Brisk loaded
+--
+-- The C cores only export factories and pure functions; which Prosody
+-- function each stands in for, and putting it in place, is decided here.
+--
+-- A library's file gives `core`, the name of its C core, and
+-- install(core), which patches the library's module table and returns a
+-- handle: { name = what it replaced (nil when an earlier install had
+-- already), map = { [stock function] = Brisk's }, skip = { values a
+-- walk must leave alone }, undo = function, and optionally claims(t)/adopt(t)
+-- for live objects to convert, inverse() for the way back, status() }.
+--
+-- install(names, opts) installs the libraries named (e.g. { "jid",
+-- "indexedbheap" }) and, unless opts.rebind is false, then
+--   1. walks the Lua state once (brisk.patch.walk) for live objects made
+--      before (server_epoll's and util.timer's heaps, prosody.events, every
+--      host's events object...) and has their library adopt them;
 --   2. walks it again and rebinds every upvalue holding a replaced function
---      (util.jid's functions copied into locals by core and modules,
---      hostmanager's copy of util.events.new, copies of adopted objects'
---      fire_event) to Brisk's.
+--      (functions copied into locals by core and modules when they loaded)
+--      to Brisk's.
+-- opts: module_path (for brisk.loader, which finds the C cores in a
+-- luarocks tree), skip = { values a walk leaves alone }, budget = objects
+-- per walk (default brisk.patch.walk.default_budget).
 -- Returns undo() and a report: { replaced = { names }, rebound = n,
 -- where = { where rebound }, adopted = { library = { where } }, walked = n,
--- cut = the walk ran out of budget }. undo() rebinds back, then undoes each
--- library, in reverse order; it returns the same kind of report.
-local walk = require "brisk.walk";
+-- cut = the walk ran out of budget }, and the handles. undo() rebinds back,
+-- then undoes each library, in reverse order; it returns the same kind of
+-- report.
+local walk = require "brisk.patch.walk";
 
 local M = {};
 
-M.libraries = { "jid", "indexedbheap", "events" };
-M.cores = { jid = "brisk.jid", indexedbheap = "brisk.heap", events = "brisk.events" };
-
-local function core(name, module_path)
-	return require "brisk.loader".require(M.cores[name], module_path);
-end
-M.core = core;
-
--- What brisk/util/<name>.lua gives for one library, after loading its core.
+-- The library's file: brisk/patch/<name>.lua.
 function M.glue(name)
-	return require("brisk.util." .. name);
+	return require("brisk.patch." .. name);
+end
+
+-- The C core a library's replacement lives in.
+function M.core(name, module_path)
+	return require "brisk.loader".require(M.glue(name).core, module_path);
 end
 
 -- A name for a live object found by the walk: the well-known ones by
@@ -51,17 +65,17 @@ local function describe(t, who)
 	return who;
 end
 
-function M.install(opts)
+function M.install(names, opts)
+	assert(type(names) == "table", "brisk.patch.install: a list of library names expected");
 	opts = opts or {};
 	local handles = {};
-	for _, name in ipairs(M.libraries) do
-		if opts[name] then
-			handles[#handles + 1] = M.glue(name).install(core(name, opts.module_path));
-		end
+	for _, name in ipairs(names) do
+		handles[#handles + 1] = M.glue(name).install(M.core(name, opts.module_path));
 	end
 	local skip = { opts.skip };
 	for _, h in ipairs(handles) do skip[#skip + 1] = h.skip; end
 	local report = { replaced = {}, rebound = 0, where = {}, adopted = {}, walked = 0, cut = false };
+	-- (a library already patched by an earlier install is not replaced again)
 	for _, h in ipairs(handles) do report.replaced[#report.replaced + 1] = h.name; end
 	local rebind = opts.rebind ~= false;
 	if rebind then

@@ -1,4 +1,4 @@
--- brisk.util.events — brisk.events' C fire_event in Prosody's util.events
+-- brisk.patch.events — brisk.events' C fire_event in Prosody's util.events
 -- objects.
 --
 -- An events object keeps its state in the upvalues of the closures stock's
@@ -16,6 +16,9 @@
 local prosody_lib = require "brisk.prosody".lib;
 
 local M = {};
+
+-- The C core (see brisk.patch).
+M.core = "brisk.events";
 
 local stock;
 

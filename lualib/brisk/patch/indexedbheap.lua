@@ -1,4 +1,4 @@
--- brisk.util.indexedbheap — brisk.heap (C) in place of Prosody's
+-- brisk.patch.indexedbheap — brisk.heap (C) in place of Prosody's
 -- util.indexedbheap.
 --
 -- new(core): brisk.heap's factory for this Prosody: { create, adopt,
@@ -15,6 +15,9 @@
 local prosody_lib = require "brisk.prosody".lib;
 
 local M = {};
+
+-- The C core (see brisk.patch).
+M.core = "brisk.heap";
 
 -- Stock's create, metatable and method table, taken the first time.
 local stock;

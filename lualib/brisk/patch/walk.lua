@@ -1,4 +1,4 @@
--- brisk.walk — finding what Prosody captured before Brisk loaded.
+-- brisk.patch.walk — finding what Prosody captured before Brisk loaded.
 --
 -- Prosody's libraries and modules copy library functions into locals when
 -- they load (`local jid_split = require "util.jid".split`), and keep objects
@@ -54,20 +54,25 @@ local function base_seen(skip)
 	return seen;
 end
 
--- A name for where a root came from, for logs: the library's or module's.
+-- Where a walk starts, each with a name for logs: every loaded module
+-- first (so that what a module captured is found, and named, through the
+-- module itself rather than through a library that keeps one of its
+-- closures, as net.server keeps listeners), then every library, _G and the
+-- registry.
 local function roots()
 	local list = {};
-	for name, lib in pairs(package.loaded) do
-		if type(name) == "string" then list[#list + 1] = { lib, name }; end
-	end
-	table.sort(list, function (a, b) return a[2] < b[2]; end);
 	local ok, modulemanager = pcall(require "brisk.prosody".lib, "core.modulemanager");
 	local prosody = rawget(_G, "prosody");
 	if ok and type(modulemanager) == "table" and type(prosody) == "table" then
 		local hosts = { "*" };
 		for host in pairs(prosody.hosts or {}) do hosts[#hosts + 1] = host; end
+		table.sort(hosts);
 		for _, host in ipairs(hosts) do
-			for name, env in pairs(modulemanager.get_modules(host) or {}) do
+			local mods = {};
+			for name, env in pairs(modulemanager.get_modules(host) or {}) do mods[#mods + 1] = { name, env }; end
+			table.sort(mods, function (a, b) return a[1] < b[1]; end);
+			for _, m in ipairs(mods) do
+				local name, env = m[1], m[2];
 				local who = host == "*" and ("mod_" .. name) or ("mod_" .. name .. "@" .. host);
 				list[#list + 1] = { env, who };
 				if type(env) == "table" and type(rawget(env, "module")) == "table" then
@@ -76,6 +81,12 @@ local function roots()
 			end
 		end
 	end
+	local libs = {};
+	for name, lib in pairs(package.loaded) do
+		if type(name) == "string" then libs[#libs + 1] = { lib, name }; end
+	end
+	table.sort(libs, function (a, b) return a[2] < b[2]; end);
+	for _, l in ipairs(libs) do list[#list + 1] = l; end
 	list[#list + 1] = { _G, "_G" };
 	list[#list + 1] = { debug.getregistry(), "registry" };
 	return list;

@@ -1,4 +1,4 @@
--- brisk.util.jid — brisk.jid (C) in place of Prosody's util.jid.
+-- brisk.patch.jid — brisk.jid (C) in place of Prosody's util.jid.
 --
 -- new(core): the C functions, built from this Prosody's util.jid (its
 -- functions, which the C code falls back to for arguments it leaves to
@@ -6,7 +6,7 @@
 -- prepped_split call for anything that is not plain ASCII).
 --
 -- install(core): sets util.jid's fields to the C functions and returns a
--- handle for brisk.util: `map` pairs each stock function with its C
+-- handle for brisk.patch: `map` pairs each stock function with its C
 -- replacement (for rebinding the copies other code took), `skip` lists what
 -- a rebinding walk must leave alone (stock's own closures), undo() restores
 -- the fields. The functions are pure, so a copy left unbound anywhere is
@@ -14,6 +14,9 @@
 local prosody_lib = require "brisk.prosody".lib;
 
 local M = {};
+
+-- The C core (see brisk.patch).
+M.core = "brisk.jid";
 
 M.names = { "split", "bare", "prepped_split", "join", "prep", "compare", "node", "host", "resource", "escape", "unescape" };
 
