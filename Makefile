@@ -125,9 +125,20 @@ analyze:
 run: deps all
 	@scripts/run-server.sh
 
+# The long reliability run (docs/reliability.md): SOAK_SECONDS (default 120)
+# of live mixed load, then the LeakSanitizer workload (SOAK_LSAN_ROUNDS
+# rounds); make soak SOAK_SECONDS=14400 is a release soak of four hours.
+# make test runs the bounded version: spec/reliability_soak_spec.lua
+# (BRISK_SOAK_SECONDS, default 60) in both spec passes, with the
+# LeakSanitizer workload in the ASan pass.
+SOAK_SECONDS      ?= 120
+SOAK_LSAN_ROUNDS  ?= 20000
+
+soak: deps all
+	@SOAK_SECONDS=$(SOAK_SECONDS) SOAK_LSAN_ROUNDS=$(SOAK_LSAN_ROUNDS) scripts/soak.sh
+
 -include bench/bench.mk
 -include fuzz/fuzz.mk
--include soak/soak.mk
 
 clean:
 	rm -rf build
