@@ -1,6 +1,6 @@
 # Benchmarks: stock Prosody vs Brisk, micro (bench/<area>.lua, written by each
 # module's owner) and end to end (bench/e2e.lua driving a real Prosody with
-# the C load generator).  bench/run.sh collects everything into
+# the C load generator).  scripts/bench.sh collects everything into
 # bench/results/<date>.md and <date>.png (and latest.md/png).
 #
 #   make bench          full run (< 20 minutes)
@@ -34,10 +34,10 @@ build/bench/brisk_bench_%.so: bench/%.c bench/bench.mk
 bench-sos: $(BENCH_SOS)
 
 bench: deps all $(LOADGEN) $(BENCH_SOS)
-	@bench/run.sh
+	@scripts/bench.sh
 
 bench-quick: deps all $(LOADGEN) $(BENCH_SOS)
-	@bench/run.sh --quick
+	@scripts/bench.sh --quick
 
 bench-e2e: deps all $(LOADGEN)
 	@eval "$$($(MAKE) -s env)"; $(LUA) bench/e2e.lua

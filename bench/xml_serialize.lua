@@ -39,7 +39,7 @@ end
 
 local function corpus()
 	local list = {}
-	for _, fx in ipairs(require "spec.fixtures.xml.harness".corpus()) do
+	for _, fx in ipairs(require "spec.helpers.xml_harness".corpus()) do
 		for _, s in ipairs(parse_stream(fx.data)) do list[#list + 1] = s end
 	end
 	return list

@@ -7,11 +7,11 @@
 # finds go to build/fuzz/corpus/, never into the checkout.
 #
 #   make fuzz                FUZZ_SECONDS (default 300) per target
-#   make fuzz-quick          a short pass (FUZZ_QUICK_SECONDS, default 20), run by make test
+#   make fuzz-quick          a short pass (FUZZ_QUICK_SECONDS, default 12), run by make test
 
 FUZZ_CC            ?= clang
 FUZZ_SECONDS       ?= 300
-FUZZ_QUICK_SECONDS ?= 20
+FUZZ_QUICK_SECONDS ?= 12
 FUZZ_CFLAGS := -std=c11 -Wall -Wextra -Werror -g -O1 -D_POSIX_C_SOURCE=200809L \
                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
                -Iinclude $(LUA_CFLAGS)

@@ -8,7 +8,7 @@
 #    churn, roster changes, reconnects); fails on any lost stanza, unanswered
 #    iq, logged error, or RSS growth after warm-up beyond SOAK_RSS_KB
 #    (default 8192 kB); SOAK_USERS clients (default 8).
-# 2. soak/lsan_workload.lua under LeakSanitizer against build/asan/ (built
+# 2. spec/helpers/lsan_workload.lua under LeakSanitizer against build/asan/ (built
 #    here if missing or stale): the same workload in miniature straight on
 #    the C modules, SOAK_LSAN_ROUNDS rounds (default 20000).
 # Figures go to stdout and to build/soak-report.txt.
@@ -32,7 +32,7 @@ eval "$(make -s env BUILD=build/asan)"
 preload="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so):$BRISK_PROSODY_LIB/util/encodings.so"
 start=$(date +%s)
 if out=$(LD_PRELOAD="$preload" ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 \
-        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 lua5.4 soak/lsan_workload.lua "$rounds" 2>&1) \
+        UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 lua5.4 spec/helpers/lsan_workload.lua "$rounds" 2>&1) \
         && ! grep -q Sanitizer <<<"$out"; then
     result="no leaks"
 else

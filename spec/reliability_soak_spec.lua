@@ -5,7 +5,7 @@
 -- clients reconnecting. It fails if any stanza is lost, if any iq goes
 -- unanswered, if the server's resident memory grows by more than a small
 -- bound after warm-up, or if the log shows an error or a traceback.
--- Under `make test-asan` it also runs soak/lsan_workload.lua (the same
+-- Under `make test-asan` it also runs spec/helpers/lsan_workload.lua (the same
 -- workload in miniature, straight on the C modules) under LeakSanitizer.
 --
 -- scripts/soak.sh runs this file for longer (SOAK_SECONDS) and the
@@ -239,7 +239,7 @@ describe("soak (" .. SECONDS .. " s, Brisk modules: " .. H.describe_modules(mods
 		-- reachable, as they are in a running server).
 		local preload = os.getenv("BRISK_ASAN_PRELOAD") .. ":" .. prosody.lib() .. "/util/encodings.so";
 		local cmd = ("env LD_PRELOAD=%s ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 lua5.4 %s %d 2>&1")
-			:format(prosody.shell_quote(preload), prosody.shell_quote(prosody.root .. "/soak/lsan_workload.lua"),
+			:format(prosody.shell_quote(preload), prosody.shell_quote(prosody.root .. "/spec/helpers/lsan_workload.lua"),
 				tonumber(os.getenv("BRISK_LSAN_ROUNDS")) or 300);
 		local f = assert(io.popen(cmd));
 		local out = f:read("a");

@@ -2,7 +2,7 @@
 -- shape, session.open_stream's output, set_session, set_stanza_size_limit,
 -- the fallback to stock, the C core's exports, and brisk.patch's install
 -- of util.xmppstream.new, its rebinding and its undo.
-local harness = require "spec.fixtures.xml.harness"
+local harness = require "spec.helpers.xml_harness"
 local st = require "util.stanza"
 local stock = require "util.xmppstream"
 local brisk = require "brisk.xml"

@@ -14,7 +14,7 @@
 --
 -- BRISK_FUZZ_ITER=n sets the number of random and of mutated streams
 -- (default 1500 each); BRISK_FUZZ_SEED picks the first seed.
-local harness = require "spec.fixtures.xml.harness"
+local harness = require "spec.helpers.xml_harness"
 local st = require "util.stanza"
 local stock = require "util.xmppstream"
 local brisk = require "brisk.xml"

@@ -5,7 +5,7 @@
 -- next bytes). Hibernating must change nothing observable: wherever stock
 -- has an answer, the runs below compare with it through the differential
 -- harness, hibernation attempted after every feed.
-local harness = require "spec.fixtures.xml.harness"
+local harness = require "spec.helpers.xml_harness"
 local stock = require "util.xmppstream"
 local brisk = require "brisk.xml"
 -- Brisk's util.xmppstream.new for this Prosody, as brisk.patch installs it

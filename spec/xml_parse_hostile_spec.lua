@@ -4,7 +4,7 @@
 -- stays bounded, errors are explicit; where stock has an answer (everything
 -- but Brisk's own depth and attribute limits) Brisk gives the same one, also
 -- with its streams hibernating at every feed end where they can.
-local harness = require "spec.fixtures.xml.harness"
+local harness = require "spec.helpers.xml_harness"
 local stock = require "util.xmppstream"
 local brisk = require "brisk.xml"
 -- Brisk's util.xmppstream.new for this Prosody, as brisk.patch installs it

@@ -15,7 +15,7 @@
 --
 -- BRISK_FUZZ_ITER=n scales the number of generated stanzas (default 1500:
 -- a fifth of it here, each stanza has a dozen tables to probe).
-local harness = require "spec.fixtures.xml.harness"
+local harness = require "spec.helpers.xml_harness"
 local stock = require "util.xmppstream"
 local brisk = require "brisk.xml"
 -- Brisk's util.xmppstream.new for this Prosody, as brisk.patch installs it

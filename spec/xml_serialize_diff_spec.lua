@@ -64,7 +64,7 @@ local function parse_stream(data, default_ns)
 end
 
 -- The parser corpus, read by the differential harness.
-local fixtures = require "spec.fixtures.xml.harness".corpus
+local fixtures = require "spec.helpers.xml_harness".corpus
 
 -- Random building blocks: names and text needing escaping, multibyte
 -- UTF-8, namespaces that nest, repeat or change.

@@ -1,5 +1,5 @@
 -- bench/lib/timing.lua — shared timing for the bench/util_*.lua micro
--- benchmarks (a folder of its own: bench/run.sh runs every bench/*.lua).
+-- benchmarks (a folder of its own: scripts/bench.sh runs every bench/*.lua).
 --
 -- pair(stock_pass, brisk_pass, ops) measures two functions that each do
 -- `ops` operations per call, their runs alternating (so that a change in

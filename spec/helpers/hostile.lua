@@ -66,162 +66,25 @@ function H.describe_modules(mods)
 end
 
 ------------------------------------------------------------------------
--- A raw connection: bytes in, bytes out, nothing parsed.
+-- Connections: the specs' one client (spec/helpers/prosody.lua), used raw.
 
-local raw_methods = {};
-local raw_mt = { __index = raw_methods };
-
+-- A bare connection: bytes in, bytes out, nothing parsed.
 function H.raw(srv)
-	local conn = assert(socket.tcp());
-	assert(conn:connect("127.0.0.1", srv.port));
-	conn:settimeout(0);
-	return setmetatable({ conn = conn, buf = {}, closed = false }, raw_mt);
+	return srv:raw();
 end
 
--- Wrap the socket of a helper client (already authenticated or with a stream
--- open). Anything the helper's parser has not consumed stays with it; from
--- now on only raw bytes are read.
+-- A helper client (already authenticated or with a stream open) read raw
+-- from now on: anything its parser has not consumed stays with it.
 function H.adopt(client)
-	client.server.clients[client] = nil;
-	return setmetatable({ conn = client.conn, buf = {}, closed = false }, raw_mt);
+	return client:raw();
 end
 
--- Read everything the socket holds until it would block (true) or reports
--- the connection gone (false). A server that closes while our bytes are
--- still unread on its side resets the connection; what it sent before the
--- reset (the stream error) is still in our receive queue and read here.
-function raw_methods:_read_all()
-	while true do
-		local data, err, partial = self.conn:receive(65536);
-		data = data or partial;
-		if data and #data > 0 then self.buf[#self.buf + 1] = data; end
-		if err == "timeout" then return true; end
-		if err then
-			self.closed = true;
-			return false;
-		end
-	end
-end
-
--- Read whatever has arrived, without waiting longer than `wait` seconds.
-function raw_methods:drain(wait)
-	if self.closed then return false; end
-	local r = socket.select({ self.conn }, nil, wait or 0);
-	if not r or #r == 0 then return true; end
-	return self:_read_all();
-end
-
--- Send bytes; reads while the send buffer is full so that a server that
--- answers and closes is seen. Returns false once the connection is gone.
-function raw_methods:send(data)
-	if self.closed then return false; end
-	local i = 1;
-	local deadline = socket.gettime() + 10;
-	while i <= #data do
-		local sent, err, partial = self.conn:send(data, i);
-		if sent then
-			i = sent + 1;
-		elseif err == "timeout" then
-			i = partial + 1;
-			if not self:drain(0.01) then return false; end
-			if socket.gettime() > deadline then return false; end
-		else
-			-- The server is gone (reset or closed): keep what it said first.
-			self:_read_all();
-			self.closed = true;
-			return false;
-		end
-	end
-	return true;
-end
-
--- Wait up to `timeout` seconds for the server to close; true if it did.
-function raw_methods:wait_closed(timeout)
-	local deadline = socket.gettime() + timeout;
-	while not self.closed and socket.gettime() < deadline do
-		self:drain(math.min(0.1, deadline - socket.gettime()));
-	end
-	return self.closed;
-end
-
--- Wait up to `timeout` seconds until the bytes received contain `needle`
--- (a plain string); true if they do.
-function raw_methods:wait_for(needle, timeout)
-	local deadline = socket.gettime() + timeout;
-	while true do
-		if self:received():find(needle, 1, true) then return true; end
-		if self.closed or socket.gettime() > deadline then return false; end
-		self:drain(math.min(0.1, deadline - socket.gettime()));
-	end
-end
-
-function raw_methods:received()
-	return table.concat(self.buf);
-end
-
-function raw_methods:close()
-	if self.conn then self.conn:close(); end
-	self.closed = true;
-end
-
--- A victim: a helper client whose socket is from now on read raw and parsed
--- by a parser of our own, fed only up to the last '>' received. Debian's
--- libexpat defers re-parsing a token split across reads until twice its
--- bytes have arrived (the CVE-2023-52425 fix), so a large stanza split by
--- TCP could sit unparsed in an ordinary client; cutting at a tag boundary
--- leaves no partial token behind and every complete stanza is seen at once.
+-- A helper client whose socket is from now on parsed by a fresh parser of
+-- our own, the setup traffic forgotten (see the client's parsing in
+-- spec/helpers/prosody.lua): take(), poll() and received() see only what
+-- arrives from now.
 function H.victim(client)
-	local v = H.adopt(client);
-	v.queue, v.rest, v.pos = {}, "", 1;
-	local session = { notopen = true };
-	v.parser = require "util.xmppstream".new(session, {
-		stream_ns = "http://etherx.jabber.org/streams";
-		stream_tag = "stream";
-		default_ns = "jabber:client";
-		streamopened = function (sess) sess.notopen = nil; end;
-		handlestanza = function (_, stanza) v.queue[#v.queue + 1] = stanza; end;
-		error = function (_, err, data) v.parse_error = tostring(err) .. " " .. tostring(data); end;
-	}, 256 * 1024 * 1024);
-	assert(v.parser:feed("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"));
-	return v;
-end
-
-function raw_methods:_parse_new()
-	local data = self.rest .. table.concat(self.buf, "", self.pos);
-	self.pos = #self.buf + 1;
-	local cut = data:match(".*()>");
-	if not cut then self.rest = data; return; end
-	self.rest = data:sub(cut + 1);
-	local ok, err = self.parser:feed(data:sub(1, cut));
-	if not ok then self.parse_error = self.parse_error or tostring(err); end
-end
-
--- The first stanza for which pred(stanza) is true, removed from the queue;
--- nil after timeout seconds. Only for victims.
-function raw_methods:take(timeout, pred)
-	local deadline = socket.gettime() + timeout;
-	while true do
-		self:_parse_new();
-		for i, s in ipairs(self.queue) do
-			if not pred or pred(s) then
-				table.remove(self.queue, i);
-				return s;
-			end
-		end
-		local left = deadline - socket.gettime();
-		if left <= 0 or self.closed then return nil; end
-		self:drain(math.min(left, 0.1));
-	end
-end
-
--- Everything a victim has received so far, without waiting; the queue is
--- emptied.
-function raw_methods:poll()
-	self:drain(0);
-	self:_parse_new();
-	local q = self.queue;
-	self.queue = {};
-	return q;
+	return client:reparse();
 end
 
 -- What the attacker saw: the stream error (condition, text and the names of

@@ -420,13 +420,25 @@ function M.attach(port, host)
 end
 
 ------------------------------------------------------------------------
--- The client.
+-- The client: the one XMPP test client of the specs.
+--
+-- A TCP connection to the server. Everything it receives is kept as raw
+-- bytes (received()), and while it has a stream parser (stock
+-- util.xmppstream, never Brisk's) the bytes are also parsed into a queue of
+-- stanzas (receive()). The parser is fed only up to the last '>' received:
+-- Debian's libexpat defers re-parsing a token split across reads until
+-- twice its bytes have arrived (the CVE-2023-52425 fix), so a large stanza
+-- split by TCP could otherwise sit unparsed; cutting at a tag boundary
+-- leaves no partial token behind, and every complete stanza is seen at
+-- once. The reliability specs also use it raw (srv:raw(), c:raw()) to send
+-- hostile bytes and read what the server answered.
 
 local client_methods = {};
 local client_mt = { __index = client_methods };
 
 local STREAM_NS = "http://etherx.jabber.org/streams";
 
+-- A stock stream parser whose stanzas go to the client's queue.
 local function new_parser(client)
 	local xmppstream = require "util.xmppstream";
 	-- xmppstream only accepts a stream header while session.notopen is set.
@@ -448,7 +460,7 @@ local function new_parser(client)
 			if err == "stream-error" then table.insert(client.queue, data); end
 		end;
 	};
-	return xmppstream.new(session, callbacks, 10 * 1024 * 1024);
+	return xmppstream.new(session, callbacks, 256 * 1024 * 1024);
 end
 
 local function stream_header(host)
@@ -456,14 +468,21 @@ local function stream_header(host)
 		.. "xmlns:stream='http://etherx.jabber.org/streams' to='" .. host .. "' version='1.0'>";
 end
 
--- A TCP connection with an XMPP stream open, not yet authenticated.
-function server_methods:open_stream()
+-- A bare connection: nothing sent, nothing parsed.
+function server_methods:raw()
 	local conn = assert(socket.tcp());
 	assert(conn:connect("127.0.0.1", self.port));
 	conn:settimeout(0);
-	local c = setmetatable({ conn = conn, server = self, queue = {}, host = self.host }, client_mt);
-	c.parser = new_parser(c);
+	local c = setmetatable({ conn = conn, server = self, queue = {}, host = self.host,
+		buf = {}, pos = 1, rest = "", closed = false }, client_mt);
 	self.clients[c] = true;
+	return c;
+end
+
+-- A connection with an XMPP stream open, not yet authenticated.
+function server_methods:open_stream()
+	local c = self:raw();
+	c.parser = new_parser(c);
 	c:send(stream_header(self.host));
 	assert(c:receive(10, function (s) return s.name == "features"; end), "no stream features");
 	return c;
@@ -504,44 +523,95 @@ function client_methods:bind(resource)
 	return self.jid;
 end
 
-function client_methods:send(data)
-	data = tostring(data);
-	self.conn:settimeout(10);
-	local i = 1;
-	while i <= #data do
-		local sent, err, partial = self.conn:send(data, i);
-		if not sent then
-			if err ~= "timeout" then self.conn:settimeout(0); return nil, err; end
-			sent = partial;
-		end
-		i = sent + 1;
-	end
-	self.conn:settimeout(0);
-	return true;
+-- From now on only raw bytes: no more parsing, and received() starts
+-- afresh (what the parser had not consumed stays with it).
+function client_methods:raw()
+	self.parser, self.buf, self.pos, self.rest = nil, {}, 1, "";
+	return self;
 end
 
--- Read whatever is on the socket into the parser; false once it is closed.
-function client_methods:_pump(wait)
-	local r = socket.select({ self.conn }, nil, wait);
-	if not r or #r == 0 then return true; end
-	local data, err, partial = self.conn:receive(65536);
-	data = data or partial;
-	if data and #data > 0 then
-		local ok, perr = self.parser:feed(data);
-		if not ok then self.parse_error = perr; end
+-- From now on a fresh parser of our own reads what arrives, as if a new
+-- stream had just opened: the traffic so far is forgotten.
+function client_methods:reparse()
+	self:raw();
+	self.queue = {};
+	self.parser = new_parser(self);
+	assert(self.parser:feed("<stream:stream xmlns='jabber:client' xmlns:stream='" .. STREAM_NS .. "'>"));
+	return self;
+end
+
+-- Feed the parser what has arrived, up to the last '>'.
+function client_methods:_parse_new()
+	if not self.parser then return; end
+	local data = self.rest .. table.concat(self.buf, "", self.pos);
+	self.pos = #self.buf + 1;
+	local cut = data:match(".*()>");
+	if not cut then self.rest = data; return; end
+	self.rest = data:sub(cut + 1);
+	local ok, err = self.parser:feed(data:sub(1, cut));
+	if not ok then self.parse_error = self.parse_error or tostring(err); end
+end
+
+-- Read everything the socket holds until it would block (true) or reports
+-- the connection gone (false). A server that closes while our bytes are
+-- still unread on its side resets the connection; what it sent before the
+-- reset (the stream error) is still in our receive queue and read here.
+function client_methods:_read_all()
+	while true do
+		local data, err, partial = self.conn:receive(65536);
+		data = data or partial;
+		if data and #data > 0 then self.buf[#self.buf + 1] = data; end
+		if err == "timeout" then break; end
+		if err then
+			self.closed = true;
+			break;
+		end
 	end
-	if err == "closed" then
-		self.closed = true;
-		return false;
+	self:_parse_new();
+	return not self.closed;
+end
+
+-- Read whatever has arrived, without waiting longer than `wait` seconds;
+-- false once the connection is gone.
+function client_methods:drain(wait)
+	if self.closed then return false; end
+	local r = socket.select({ self.conn }, nil, wait or 0);
+	if not r or #r == 0 then return true; end
+	return self:_read_all();
+end
+
+-- Send bytes (or a stanza); reads while the send buffer is full, so that a
+-- server that answers and closes is seen. True, or false once the
+-- connection is gone.
+function client_methods:send(data)
+	data = tostring(data);
+	if self.closed then return false; end
+	local i = 1;
+	local deadline = socket.gettime() + 10;
+	while i <= #data do
+		local sent, err, partial = self.conn:send(data, i);
+		if sent then
+			i = sent + 1;
+		elseif err == "timeout" then
+			i = partial + 1;
+			if not self:drain(0.01) then return false; end
+			if socket.gettime() > deadline then return false; end
+		else
+			-- The server is gone (reset or closed): keep what it said first.
+			self:_read_all();
+			self.closed = true;
+			return false;
+		end
 	end
 	return true;
 end
 
 -- The first queued or incoming stanza for which pred(stanza) is true (any
--- stanza without pred), removed from the queue; nil after timeout seconds.
+-- stanza without pred), removed from the queue; nil after timeout seconds
+-- (receive(0) still reads what is already on the socket once).
 function client_methods:receive(timeout, pred)
 	local deadline = socket.gettime() + (timeout or 5);
-	local pumped = false;
+	local read = false;
 	while true do
 		for i, s in ipairs(self.queue) do
 			if not pred or pred(s) then
@@ -550,10 +620,9 @@ function client_methods:receive(timeout, pred)
 			end
 		end
 		local left = deadline - socket.gettime();
-		-- receive(0) still reads what is already on the socket once.
-		if self.closed or (left <= 0 and pumped) then return nil; end
-		pumped = true;
-		if not self:_pump(math.max(0, math.min(left, 0.5))) then
+		if self.closed or (left <= 0 and read) then return nil; end
+		read = true;
+		if not self:drain(math.max(0, math.min(left, 0.5))) then
 			-- Closed: one more pass over the queue for a final stream error.
 			for i, s in ipairs(self.queue) do
 				if not pred or pred(s) then
@@ -563,6 +632,31 @@ function client_methods:receive(timeout, pred)
 			end
 			return nil;
 		end
+	end
+end
+client_methods.take = client_methods.receive;
+
+-- Every stanza received so far, without waiting; the queue is emptied.
+function client_methods:poll()
+	self:drain(0);
+	local q = self.queue;
+	self.queue = {};
+	return q;
+end
+
+-- The raw bytes received (since the connection, or since raw()).
+function client_methods:received()
+	return table.concat(self.buf);
+end
+
+-- Wait up to `timeout` seconds until the bytes received contain `needle`
+-- (a plain string); true if they do.
+function client_methods:wait_for(needle, timeout)
+	local deadline = socket.gettime() + timeout;
+	while true do
+		if self:received():find(needle, 1, true) then return true; end
+		if self.closed or socket.gettime() > deadline then return false; end
+		self:drain(math.min(0.1, deadline - socket.gettime()));
 	end
 end
 
@@ -584,7 +678,7 @@ end
 function client_methods:wait_closed(timeout)
 	local deadline = socket.gettime() + (timeout or 5);
 	while not self.closed and socket.gettime() < deadline do
-		self:_pump(0.2);
+		self:drain(math.min(0.2, math.max(0, deadline - socket.gettime())));
 	end
 	return self.closed == true;
 end
@@ -601,7 +695,7 @@ end
 function client_methods:kill()
 	if self.conn then self.conn:close(); end
 	self.closed = true;
-	if self.server then self.server.clients[self] = nil; end
+	if self.server and self.server.clients then self.server.clients[self] = nil; end
 end
 
 return M;

@@ -16,7 +16,7 @@
 # its extension (latest-prosody13.md, ...), so both versions' reports live
 # side by side.
 #
-#   bench/run.sh [--quick] [--no-e2e]
+#   scripts/bench.sh [--quick] [--no-e2e]
 #
 # Areas whose file does not exist are simply not run; an area that fails or
 # runs past its time limit is reported as such and the run goes on.
@@ -28,7 +28,7 @@ for a in "$@"; do
     case "$a" in
         --quick) QUICK=--quick ;;
         --no-e2e) E2E= ;;
-        *) echo "usage: bench/run.sh [--quick] [--no-e2e]" >&2; exit 2 ;;
+        *) echo "usage: scripts/bench.sh [--quick] [--no-e2e]" >&2; exit 2 ;;
     esac
 done
 

@@ -1,7 +1,7 @@
--- soak/lsan_workload.lua — the soak's workload in miniature, driving Brisk's
+-- spec/helpers/lsan_workload.lua — the soak's workload in miniature, driving Brisk's
 -- C modules directly in one lua5.4 process, for LeakSanitizer.
 --
---   lua5.4 soak/lsan_workload.lua [rounds]
+--   lua5.4 spec/helpers/lsan_workload.lua [rounds]
 --
 -- Run it with LUA_CPATH pointing at an ASan build (build/asan/) and
 -- libasan preloaded with detect_leaks=1 (scripts/soak.sh and
