@@ -396,10 +396,12 @@ if compiled.mqtt then
 		if selected(jid) then mqtt_publisher:device_state(jid, nil); end
 	end);
 
-	-- A clean shutdown says so ($server "offline") before the will would.
+	-- A clean shutdown: after mod_c2s has closed the sessions (and waited
+	-- for them, priority -100), so that devices going offline are
+	-- published, then "offline" on $server.
 	module:hook_global("server-stopping", function ()
 		mqtt_publisher:close();
-	end);
+	end, -1000);
 
 	-- Devices online when the module loads (entered silently above) are
 	-- stated at once; what a restart left stale in the broker is checked

@@ -286,8 +286,36 @@ static int live(Client *c) {
   return !c->saw_disconnect && mosquitto_socket(c->mosq) >= 0;
 }
 
+/* End the current connection here (libmosquitto may still hold its
+** socket, which the next connect() closes). */
+static void give_up(Client *c, const char *why) {
+  c->connected = 0;
+  c->saw_disconnect = 1;
+  note_text(c, NOTE_DISCONNECT, MOSQ_ERR_CONN_LOST, 0, why);
+}
+
+/*
+** Until the CONNACK, ask the socket itself whether the connection failed.
+** During a TLS handshake libmosquitto takes a socket error or an EOF as
+** "try again" (SSL_ERROR_SYSCALL leaves it waiting for the handshake),
+** while the socket stays readable for ever: the caller's loop would call
+** read() without end, and nothing would move.
+*/
+static void check_handshake(Client *c) {
+  int sock, err = 0;
+  socklen_t len = sizeof err;
+  char b;
+  if (c->connected || !live(c)) return;
+  sock = mosquitto_socket(c->mosq);
+  if (getsockopt(sock, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0)
+    give_up(c, strerror(err));
+  else if (recv(sock, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0)
+    give_up(c, "the connection was refused or closed before the broker answered");
+}
+
 static int step_result(lua_State *L, Client *c, int rc) {
   int err = errno;
+  check_handshake(c);
   settle(c, rc);
   if (rc != MOSQ_ERR_SUCCESS) {
     errno = err;
@@ -410,11 +438,7 @@ static int l_abort(lua_State *L) {
     shutdown(mosquitto_socket(c->mosq), SHUT_RDWR);
     rc = mosquitto_loop_read(c->mosq, 1);
   }
-  if (!c->saw_disconnect && c->fd >= 0) {
-    c->connected = 0;
-    c->saw_disconnect = 1;
-    note_text(c, NOTE_DISCONNECT, MOSQ_ERR_CONN_LOST, 0, "connection abandoned");
-  }
+  if (!c->saw_disconnect && c->fd >= 0) give_up(c, "connection abandoned");
   return step_result(L, c, rc);
 }
 

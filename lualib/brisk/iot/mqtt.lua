@@ -209,6 +209,7 @@ end
 -- Publishing (queued in C; never fails but for out of memory) -----------------------------
 
 function publisher:publish_raw(topic, payload, retain, id, kind)
+	if self.state == "closed" then return; end
 	local ok, err = self.client:publish(topic, payload, retain, id, kind);
 	if not ok then self.fx.log("warn", "MQTT: cannot queue a message for %s: %s", topic, err); end
 	self:settle();
@@ -551,14 +552,18 @@ function publisher:report()
 	self.reported.sent, self.reported.dropped = st.sent, st.dropped + st.refused;
 end
 
--- Say goodbye (state "offline" on $server, and a DISCONNECT that asks the
--- broker to publish the will too) and free the client.
+-- Say goodbye and free the client. MQTT 5: "offline" on $server and a
+-- DISCONNECT that asks the broker to publish the will as well (the
+-- publication may still wait behind unacknowledged messages; the will
+-- does not). MQTT 3.1.1 has no such DISCONNECT, and a plain one would
+-- cancel the will: the connection is just closed, and the broker
+-- publishes the will.
 function publisher:close()
 	if self.state == "closed" then return; end
 	local connected = self.client:connected();
 	self.state = "closed";
 	self:bump();
-	if connected then
+	if connected and not self.protocol3 then
 		self.client:publish(self.server_topic, "offline", true);
 		self.client:disconnect(true);
 	end
