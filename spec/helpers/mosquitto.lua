@@ -10,6 +10,9 @@
 --   s:messages()                 every message so far, decoded: { topic, payload, retain, props, tst }
 --   s:wait(pred, timeout)        until pred(messages) is true; returns the messages
 --   s:stop()
+--   local r = b:reader(filter)   the helper's own client, subscribed (QoS 0)
+--   r:next(timeout)              topic, payload, retain of the next message, or nil
+--   r:close()
 --   mosquitto.certs(dir)         a CA, a server certificate for localhost/127.0.0.1 and a second CA
 --
 -- Brokers run Debian's mosquitto on a free loopback port with a generated
@@ -188,19 +191,33 @@ local function read_packet(conn)
 	return b1:byte(), body;
 end
 
--- Retained messages under filter right now: { [topic] = payload }.
-function broker_methods:snapshot(filter, timeout)
-	local port = assert(self.plain_port, "snapshot() needs a plain listener (plain_port = true)");
+local function mini_connect(self, timeout)
+	local port = assert(self.plain_port, "needs a plain listener (plain_port = true)");
 	local conn = assert(socket.tcp());
 	conn:settimeout(timeout or 10);
 	assert(conn:connect("127.0.0.1", port));
+	conn:setoption("tcp-nodelay", true);
 	local user, pw = next(self.opts.users or {});
 	local flags = 0x02 + (user and 0xC0 or 0);
-	local body = str("MQTT") .. string.char(4, flags) .. string.pack(">I2", 30) .. str("spec-snap-" .. math.random(1e9))
+	local body = str("MQTT") .. string.char(4, flags) .. string.pack(">I2", 0) .. str("spec-mini-" .. math.random(1e9))
 		.. (user and (str(user) .. str(pw)) or "");
 	assert(conn:send(packet(0x10, body)));
 	local t, b = read_packet(conn);
-	assert(t == 0x20 and b:byte(2) == 0, "snapshot: connection refused");
+	assert(t == 0x20 and b:byte(2) == 0, "mini client: connection refused");
+	return conn;
+end
+
+local function parse_publish(t, b)
+	local tl = string.unpack(">I2", b);
+	local topic = b:sub(3, 2 + tl);
+	local rest = 3 + tl + (((t >> 1) & 3) > 0 and 2 or 0);
+	return topic, b:sub(rest), t & 1 == 1;
+end
+
+-- Retained messages under filter right now: { [topic] = payload }.
+function broker_methods:snapshot(filter, timeout)
+	local conn = mini_connect(self, timeout);
+	local t, b;
 	local marker = "spec/marker/" .. math.random(1e9);
 	assert(conn:send(packet(0x82, string.pack(">I2", 1) .. str(filter) .. "\0" .. str(marker) .. "\0")));
 	local out = {};
@@ -210,16 +227,40 @@ function broker_methods:snapshot(filter, timeout)
 		if t == 0x90 then
 			assert(conn:send(packet(0x30, str(marker) .. "x")));
 		elseif t & 0xF0 == 0x30 then
-			local tl = string.unpack(">I2", b);
-			local topic = b:sub(3, 2 + tl);
-			local rest = 3 + tl + (((t >> 1) & 3) > 0 and 2 or 0);
+			local topic, payload, retain = parse_publish(t, b);
 			if topic == marker then break; end
-			if t & 1 == 1 then out[topic] = b:sub(rest); end
+			if retain then out[topic] = payload; end
 		end
 	end
 	conn:send(string.char(0xE0, 0));
 	conn:close();
 	return out;
+end
+
+local reader_methods = {};
+local reader_mt = { __index = reader_methods };
+
+-- A subscriber on the helper's own client: QoS 0, messages as they come.
+function broker_methods:reader(filter)
+	local conn = mini_connect(self);
+	assert(conn:send(packet(0x82, string.pack(">I2", 1) .. str(filter) .. "\0")));
+	local t = read_packet(conn);
+	assert(t == 0x90, "reader: no SUBACK");
+	return setmetatable({ conn = conn }, reader_mt);
+end
+
+function reader_methods:next(timeout)
+	self.conn:settimeout(timeout or 10);
+	while true do
+		local t, b = read_packet(self.conn);
+		if not t then return nil, b; end
+		if t & 0xF0 == 0x30 then return parse_publish(t, b); end
+	end
+end
+
+function reader_methods:close()
+	self.conn:send(string.char(0xE0, 0));
+	self.conn:close();
 end
 
 -- Subscribers: mosquitto_sub -------------------------------------------------------------
