@@ -14,6 +14,7 @@
 --   r:next(timeout)              topic, payload, retain of the next message, or nil
 --   r:close()
 --   mosquitto.certs(dir)         a CA, a server certificate for localhost/127.0.0.1 and a second CA
+--   mosquitto.attach(port)       a broker started elsewhere (make run's), for snapshot() and reader()
 --
 -- Brokers run Debian's mosquitto on a free loopback port with a generated
 -- config (persistence on, generous queues for offline persistent
@@ -326,6 +327,11 @@ function sub_methods:stop()
 	end
 	self.pid = nil;
 	if self.broker.subs then self.broker.subs[self] = nil; end
+end
+
+-- A broker this helper did not start (make run's): snapshot() and reader().
+function M.attach(port, users)
+	return setmetatable({ plain_port = port, port = port, opts = { users = users } }, broker_mt);
 end
 
 M._reaper = setmetatable({}, { __gc = function ()
