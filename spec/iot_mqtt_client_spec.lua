@@ -286,9 +286,32 @@ describe("brisk.iot.mqtt against a real mosquitto", function ()
 		loop.run(function () return p:stats().sent >= 3; end, 5);
 		assert.equal("online", json.decode(broker:snapshot("brisk/v3.example/+/state")["brisk/v3.example/x/state"]).state);
 		p:close();
+		-- MQTT 3.1.1 has no "disconnect with will": the connection just ends,
+		-- and the broker publishes the will.
+		assert.truthy(prosody.wait_for(function ()
+			return broker:snapshot("brisk/v3.example/$server")["brisk/v3.example/$server"] == "offline";
+		end, 5));
 		os.execute("kill " .. pid);
 		assert.equal("refused-v5\n", prosody.read_file(out));
 		os.remove(out);
+	end);
+
+	-- Keepalive: libmosquitto's minimum is 5 s, and a silent broker is noticed
+	-- after about two of them, so this one runs only when asked.
+	local long = os.getenv("BRISK_MQTT_SPEC_LONG") == "1" and it or pending;
+	long("notices a broker that stops answering (keepalive), and resumes when it is back (BRISK_MQTT_SPEC_LONG=1)", function ()
+		local loop = get_loop("epoll");
+		local p = new_publisher(loop, { broker = broker.url, client_id = "spec-keepalive", keepalive = 5,
+			reconnect_delay = 0.05, reconnect_delay_max = 0.2, connect_timeout = 1 }, nil, "keepalive.example");
+		p:start();
+		assert.truthy(loop.run(function () return p.state == "connected"; end, 10));
+		os.execute("kill -STOP " .. broker.pid);
+		local ok = loop.run(function () return p.logged("lost the connection") ~= nil; end, 20);
+		os.execute("kill -CONT " .. broker.pid);
+		assert.truthy(ok, table.concat(p.logs, "\n"));
+		assert.truthy(loop.run(function () return p.state == "connected" and p.logged("resumed session"); end, 20),
+			table.concat(p.logs, "\n"));
+		p:close();
 	end);
 
 	it("gives up on a broker that accepts the connection but never answers", function ()

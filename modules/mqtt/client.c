@@ -202,7 +202,7 @@ static void on_log(struct mosquitto *m, void *ud, int level, const char *str) {
 
 static Client *check_client(lua_State *L) {
   Client *c = (Client *)luaL_checkudata(L, 1, CLIENT_META);
-  if (c->mosq == NULL) luaL_error(L, "brisk.mqtt: client is closed");
+  if (c->mosq == NULL) brisk_raise(L, "brisk.mqtt: client is closed");
   return c;
 }
 
@@ -665,7 +665,7 @@ static const char *opt_string(lua_State *L, int t, const char *key) {
   lua_getfield(L, t, key);
   if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
   if (lua_type(L, -1) != LUA_TSTRING)
-    luaL_error(L, "brisk.mqtt: option '%s' must be a string", key);
+    brisk_raise(L, "brisk.mqtt: option '%s' must be a string", key);
   s = lua_tostring(L, -1);
   lua_pop(L, 1);  /* the table keeps the string alive */
   return s;
@@ -680,7 +680,7 @@ static lua_Integer opt_int(lua_State *L, int t, const char *key, lua_Integer def
   v = lua_tointegerx(L, -1, &isnum);
   lua_pop(L, 1);
   if (!isnum || v < lo || v > hi)
-    luaL_error(L, "brisk.mqtt: option '%s' must be an integer from %I to %I", key, lo, hi);
+    brisk_raise(L, "brisk.mqtt: option '%s' must be an integer from %I to %I", key, lo, hi);
   return v;
 }
 
