@@ -422,5 +422,20 @@ describe("brisk.iot.mqtt over TLS with password authentication", function ()
 		assert.equal("iot_mqtt: 'tls' needs an mqtts:// broker", err{ broker = "mqtt://127.0.0.1", tls = { ca_file = certs.ca } });
 		assert.equal("iot_mqtt: 'topic_prefix' has a wildcard ('+' or '#')", err{ broker = "mqtt://127.0.0.1", topic_prefix = "a/#" });
 		assert.equal("iot_mqtt: 'keepalive' must be an integer from 5 to 65535", err{ broker = "mqtt://127.0.0.1", keepalive = 1 });
+		-- What mod_brisk_iot's load runs: brisk.iot.config, options and rules.
+		local config = require "brisk.iot.config";
+		local function compile(options)
+			local ok, e = pcall(config.compile, options, { host = "h.example", now = 0 });
+			assert.is_false(ok);
+			return e;
+		end
+		assert.equal("iot_mqtt: unknown scheme in broker URL (expected mqtt:// or mqtts://)",
+			compile{ mqtt = { broker = "amqp://127.0.0.1" }, rules = {} });
+		assert.equal("rule 'r': 'mqtt' needs iot_mqtt to name a broker",
+			compile{ rules = { { name = "r", on = "online", mqtt = "alerts" } } });
+		assert.equal("rule 'r': 'mqtt' has a wildcard ('+' or '#')",
+			compile{ mqtt = { broker = "mqtt://127.0.0.1" }, rules = { { name = "r", on = "online", mqtt = "alerts/+" } } });
+		assert.equal("rule 'r': 'mqtt' must not begin or end with '/'",
+			compile{ mqtt = { broker = "mqtt://127.0.0.1" }, rules = { { name = "r", on = "online", mqtt = "/alerts" } } });
 	end);
 end);

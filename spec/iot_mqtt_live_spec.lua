@@ -71,6 +71,9 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 			["dev-gone"] = "pw", ops = "pw" };
 		a = prosody.start{
 			host = "a.example"; plugin_paths = { plug }; accounts = accounts; log_level = "debug";
+			-- Metrics as an operator scrapes them (module:measure -> OpenMetrics).
+			modules = { "http_openmetrics" };
+			config = { statistics = "internal", statistics_interval = "manual" };
 			host_modules = { "brisk_iot", "iot_mqtt_probe" };
 			host_config = host_config("a.example", ("mqtt://127.0.0.1:%d"):format(broker.plain_port), { queue_size = 40 });
 		};
@@ -106,6 +109,16 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 		local r = c:iq(st.iq({ type = "set", to = srv.host, id = "delete" }):tag("query", { xmlns = "brisk:spec:mqtt", delete = user }));
 		c:close();
 		return json.decode(r:get_child_text("query", "brisk:spec:mqtt"));
+	end
+
+	-- mod_brisk_iot's MQTT metrics of srv, from its OpenMetrics endpoint.
+	local function metrics(srv)
+		local body = require "socket.http".request(("http://127.0.0.1:%d/metrics"):format(srv.http_port)) or "";
+		local out = {};
+		for name, value in body:gmatch("prosody_mod_brisk_iot__(mqtt_[%w_]+){host=\"" .. srv.host:gsub("%p", "%%%0") .. "\"} (%S+)") do
+			out[name] = tonumber(value);
+		end
+		return out;
 	end
 
 	local function retained(filter)
@@ -252,6 +265,12 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 		local m;
 		assert(wait_for(function () m = stats(a).mqtt; return m.dropped - before.dropped >= EVENTS * 2 - 40; end),
 			"events beyond queue_size are dropped");
+		local om;
+		assert(wait_for(function ()
+			om = metrics(a);
+			return om.mqtt_connected == 0 and (om.mqtt_dropped_total or 0) >= EVENTS * 2 - 40;
+		end), "the metrics say so");
+		assert.is_true(om.mqtt_queued <= 40 + 1 + 100);  -- events, one state, the window
 		assert.is_true(m.queued - m.queued_states <= 40);
 		assert.is_true(m.queued_states <= 1);
 		assert.is_true(m.memory < before.memory + 40 * 1024, "memory " .. m.memory);
@@ -261,6 +280,8 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 			return s and s.status == tostring(EVENTS * 2);
 		end), "the latest state arrives");
 		assert(wait_for(function () local x = stats(a).mqtt; return x.queued == 0 and x.inflight == 0; end));
+		assert(wait_for(function () om = metrics(a); return om.mqtt_connected == 1 and om.mqtt_queued == 0; end));
+		assert.is_true(om.mqtt_sent_total > 0);
 		c:close();
 	end);
 
