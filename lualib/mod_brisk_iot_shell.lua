@@ -61,7 +61,9 @@ local function stats(self, h)
 			:format(name, s.devices, s.online, s.offline, s.unknown, s.timers, s.memory,
 			s.webhook.sent, s.webhook.failed, s.webhook.dropped, s.webhook.retried, s.webhook.queued, s.hook_errors));
 		local m = s.mqtt;
-		if m then
+		if m and m.state == "closed" then
+			print(("%s: MQTT %s (closed)"):format(name, m.broker));
+		elseif m then
 			print(("%s: MQTT %s (%s, MQTT %d): sent %d, queued %d, in flight %d, dropped %d, refused %d, %d bytes")
 				:format(name, m.broker, m.state, m.protocol, m.sent, m.queued, m.inflight, m.dropped, m.refused, m.memory));
 		end

@@ -174,6 +174,9 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 		assert.equal("dev-x+3@a.example", s["brisk/a.example/dev-x%2B3/state"].jid);
 		assert.equal("on tls", s["brisk/b.example/dev-1/state"].status);
 		a1:close(); a3:close(); b1:close();
+		-- prosodyctl shell: iot:stats() has a line for MQTT.
+		local out = tostring(a:prosodyctl("shell", "iot:stats('a.example')"));
+		assert.matches("a%.example: MQTT mqtt://127%.0%.0%.1:%d+ %(connected, MQTT 5%): sent %d+, queued %d+, in flight %d+, dropped 0, refused 0, %d+ bytes", out);
 		assert.same({}, a:errors());
 		assert.same({}, b:errors());
 	end);

@@ -533,6 +533,7 @@ end
 -- Metrics and shutdown ---------------------------------------------------------------------
 
 function publisher:stats()
+	if self.state == "closed" then return { state = "closed", broker = self.s.broker }; end
 	local st = self.client:stats();
 	st.state = self.state;
 	st.broker = self.s.broker;
