@@ -377,11 +377,12 @@ if compiled.mqtt then
 
 	-- Every event: the device's state, then the event itself. The event
 	-- table carries the presence being processed (mod_presence has not
-	-- stored it in the session yet), so the state is taken from it.
+	-- stored it in the session yet), so the state is taken from it. A
+	-- debounced event (after > 0) or silence changes no state.
 	local STATEFUL = { online = true, offline = true, state = true, flapping = true };
 	for _, kind in ipairs(KINDS) do
 		module:hook("iot/" .. kind, function (ev)
-			if STATEFUL[kind] then
+			if STATEFUL[kind] and ev.after == 0 then
 				local d = engine:get(ev.jid);
 				if d then mqtt_publisher:device_state(ev.jid, mqtt_lib.state_fields(d, ev.show, ev.status, ev.priority)); end
 			end

@@ -46,13 +46,15 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 	local function host_config(host, url, extra)
 		local cfg = {
 			iot_tick_interval = 0.05;
-			iot_devices = { "dev-*@" .. host, "alert-*@" .. host, "flood-*@" .. host };
+			iot_devices = { "dev-*@" .. host, "alert-*@" .. host, "flood-*@" .. host, "flap-*@" .. host };
 			iot_mqtt = {
 				broker = url; username = "prosody"; password_file = dir .. "/mqtt.pass";
 				reconnect_delay = 0.05; reconnect_delay_max = 0.3; keepalive = 10;
 			};
 			iot_rules = {
 				{ name = "alert", match = "alert-*@" .. host, on = "offline", mqtt = "alerts/offline" };
+				{ name = "quiet", match = "flap-*@" .. host, on = "silent", after = 0.3, log = "debug" };
+				{ name = "flap", match = "flap-*@" .. host, on = "flapping", transitions = 3, within = 30, log = "debug" };
 			};
 		};
 		for k, v in pairs(extra or {}) do cfg.iot_mqtt[k] = v; end
@@ -68,7 +70,7 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 		prosody.write_file(plug .. "/mod_iot_mqtt_probe.lua", PROBE);
 		broker = mosquitto.start{ tls = certs, users = { prosody = "s3cret" }, plain_port = true };
 		local accounts = { ["dev-1"] = "pw", ["dev-2"] = "pw", ["dev-x+3"] = "pw", ["alert-1"] = "pw", ["flood-1"] = "pw",
-			["dev-gone"] = "pw", ops = "pw" };
+			["dev-gone"] = "pw", ["flap-1"] = "pw", ops = "pw" };
 		a = prosody.start{
 			host = "a.example"; plugin_paths = { plug }; accounts = accounts; log_level = "debug";
 			-- Metrics as an operator scrapes them (module:measure -> OpenMetrics).
@@ -221,6 +223,34 @@ describe("mod_brisk_iot publishing to MQTT, live", function ()
 		assert.equal("iot.offline", alert.type);
 		assert.equal("alert", alert.data.rule);
 		assert.equal("alert-1@a.example", alert.data.jid);
+		sub:stop();
+		c:close();
+	end);
+
+	it("publishes the events rules ask the engine for: silent and flapping", function ()
+		local sub = broker:subscribe("brisk/a.example/flap-1/events", { clean = true });
+		local c = a:connect("flap-1", "pw", "r");
+		c:send(st.presence());
+		assert.truthy(sub:wait(function (m)
+			for _, e in ipairs(events_of(m, "flap-1@a.example")) do if e.kind == "silent" then return true; end end
+		end, 5), "a silent event");
+		c:send(st.presence({ type = "unavailable" }));
+		c:send(st.presence());
+		local msgs = sub:wait(function (m)
+			for _, e in ipairs(events_of(m, "flap-1@a.example")) do if e.kind == "flapping" then return true; end end
+		end, 5);
+		assert.truthy(msgs, "a flapping event");
+		local kinds = {};
+		for _, e in ipairs(events_of(msgs, "flap-1@a.example")) do kinds[#kinds + 1] = e.kind; end
+		assert.same({ "online", "silent", "offline", "online", "flapping" }, { table.unpack(kinds, 1, 5) });
+		for _, e in ipairs(events_of(msgs, "flap-1@a.example")) do
+			if e.kind == "silent" then assert.equal("quiet", e.body.data.rule); assert.equal(0.3, e.body.data.after); end
+			if e.kind == "flapping" then assert.equal("flap", e.body.data.rule); assert.equal(3, e.body.data.transitions); end
+		end
+		assert(wait_for(function ()
+			local s = retained("brisk/a.example/flap-1/state")["brisk/a.example/flap-1/state"];
+			return s and s.flapping == true and s.state == "online";
+		end), "the state says flapping");
 		sub:stop();
 		c:close();
 	end);

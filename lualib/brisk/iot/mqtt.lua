@@ -152,15 +152,10 @@ end
 local publisher = {};
 local publisher_mt = { __index = publisher };
 
-local function hex(bytes)
-	return (bytes:gsub(".", function (c) return ("%02x"):format(c:byte()); end));
-end
-
+-- 16 random hex digits (libsodium's CSPRNG, through brisk.presence).
 local function random_token()
-	local f = io.open("/dev/urandom", "rb");
-	local bytes = f and f:read(8);
-	if f then f:close(); end
-	return hex(bytes or tostring(os.time() + math.random()):sub(-8));
+	local bytes = require "brisk.presence".random_bytes(8);
+	return (bytes:gsub(".", function (c) return ("%02x"):format(c:byte()); end));
 end
 
 -- Codes of a CONNACK that refuses because of who we are.
@@ -311,7 +306,7 @@ function publisher:retry(why, level)
 	local delay = math.min(s.reconnect_delay * 2 ^ self.failures, s.reconnect_delay_max);
 	delay = delay * (0.85 + 0.3 * math.random());
 	self.failures = self.failures + 1;
-	self.fx.log(level or "warn", "MQTT: %s; retrying in %.1fs", why, delay);
+	self.fx.log(level or "warn", "MQTT: %s; retrying in %.2fs", why, delay);
 	local gen = self:bump();
 	self.fx.timer(delay, function ()
 		if gen == self.gen and self.state == "idle" then self:connect_next(); end
