@@ -1,6 +1,7 @@
 -- brisk-scm-1.rockspec — install Brisk's C modules and Prosody glue with
 -- `luarocks --lua-version 5.4 make` from a checkout (works offline: Brisk's
--- only dependencies are Debian's libexpat, libsodium and SQLite headers).
+-- only dependencies are Debian's libexpat, libsodium, SQLite, libmosquitto
+-- and OpenSSL headers).
 package = "brisk"
 version = "scm-1"
 source = {
@@ -13,7 +14,8 @@ description = {
       (mod_brisk_xml), C drop-ins for util.jid and util.indexedbheap
       (mod_brisk_util), compact binary storage of rosters and other
       keyval/map stores in SQLite (mod_storage_brisk, C core brisk.store) and
-      presence-triggered IoT event hooks with signed webhooks (mod_brisk_iot).
+      presence-triggered IoT event hooks with signed webhooks and fleet
+      state in MQTT (mod_brisk_iot).
    ]],
    license = "MIT",
 }
@@ -24,6 +26,8 @@ external_dependencies = {
    EXPAT = { header = "expat.h" },
    SODIUM = { header = "sodium.h" },
    SQLITE = { header = "sqlite3.h" },
+   MOSQUITTO = { header = "mosquitto.h" },
+   OPENSSL = { header = "openssl/ssl.h" },
 }
 build = {
    -- The Makefile builds every modules/<name>/ into brisk.<name> and installs

@@ -65,4 +65,12 @@ VirtualHost "localhost"
 	}
 	-- The example hook scripts: alice is paged when a device stays offline.
 	iot_hook_scripts = { root .. "/examples/iot/*.lua" }
+	-- Brisk: every device's state and events in MQTT. `make run BRISK_MQTT=1`
+	-- starts a private mosquitto and sets ENV_BRISK_MQTT_BROKER; then
+	--   mosquitto_sub -p 1883 -t 'brisk/#' -v
+	-- shows brisk/localhost/<user>/state (retained), .../events and
+	-- brisk/localhost/$server. docs/iot.md, "MQTT", has the rest.
+	if ENV_BRISK_MQTT_BROKER then
+		iot_mqtt = { broker = ENV_BRISK_MQTT_BROKER; client_id = "brisk-make-run" }
+	end
 	iot_script_config = { ops = "alice@localhost", offline_after = tonumber(ENV_BRISK_IOT_OFFLINE_AFTER or "30") }

@@ -7,13 +7,17 @@
 -- silence timers in one heap driven by one module timer. Every transition
 -- is fired as a Prosody event (iot/online, ...), handed to hook scripts
 -- (iot_hook_scripts) and to the rules of iot_rules, whose actions are
--- signed webhooks, messages, PubSub publishes and log lines.
+-- signed webhooks, messages, PubSub publishes, MQTT publishes and log
+-- lines. With iot_mqtt set, every event and every device's state also go
+-- to an MQTT broker.
 --
 -- This file is the coupling with Prosody: options, hooks, sessions, the
 -- timer, metrics, and the side effects the libraries are given.
 --   brisk.iot.config    options; the engine and the rules' targets
 --   brisk.iot.dispatch  what happens to each event (with brisk.iot.sinks)
 --   brisk.iot.webhook   signed webhook delivery
+--   brisk.iot.mqtt      fleet state and events in MQTT (brisk.mqtt, the C client)
+--   brisk.iot.watch     the MQTT client's socket in Prosody's event loop
 --   brisk.iot.scripts   the hook script sandbox
 --   brisk.iot.listing   the device list for the shell and HTTP
 -- The shell commands live in mod_brisk_iot_shell, a global module.
@@ -31,6 +35,8 @@ local dispatch_lib = require "brisk.iot.dispatch";
 local listing = require "brisk.iot.listing";
 local scripts_lib = require "brisk.iot.scripts";
 local webhook_lib = require "brisk.iot.webhook";
+local sinks = require "brisk.iot.sinks";
+local mqtt_lib;  -- brisk.iot.mqtt, with iot_mqtt
 
 local host = module.host;
 local bare_sessions = prosody.bare_sessions;
@@ -44,6 +50,12 @@ local function get_option(name, kind, default)
 	return module["get_option_" .. kind](module, name, default);
 end
 local options = config.read(get_option);
+
+-- The MQTT client's C core is loaded only when it is used, so that a
+-- server without libmosquitto runs everything else.
+if options.mqtt ~= nil then
+	require "brisk.loader".require("brisk.mqtt", module.path);
+end
 
 -- Rules are compiled before anything else is set up: a bad rule stops the
 -- module from loading, with the rule and the problem in the message.
@@ -146,6 +158,8 @@ end
 
 -- Events -------------------------------------------------------------------
 
+local mqtt_publisher;  -- set below when iot_mqtt is
+
 local dispatcher = dispatch_lib.new{
 	rules = rules;
 	fx = {
@@ -157,6 +171,7 @@ local dispatcher = dispatch_lib.new{
 		send_message = send_message;
 		webhook = function (url, key, device, body) webhooks:send(url, key, device, body); end;
 		pubsub = pubsub_service;
+		mqtt = function (topic, body) if mqtt_publisher then mqtt_publisher:rule(topic, body); end end;
 	};
 };
 
@@ -283,6 +298,119 @@ for bare, user in pairs(bare_sessions) do
 end
 engine:clear();
 
+-- MQTT: fleet state and events -------------------------------------------------------
+
+local SHOW = { away = true, chat = true, dnd = true, xa = true };
+
+local function show_of(stanza)
+	local sh = stanza and stanza:get_child_text("show");
+	return SHOW[sh] and sh or (sh == nil and "available" or sh);
+end
+
+-- A device's state topic fields from its leading presence now (when no
+-- presence is being processed: a reconnect that must state the fleet again).
+local function state_now(jid)
+	local d = engine:get(jid);
+	if not d or d.state == "unknown" then return nil; end
+	local _, pres, prio = leading(jid);
+	return mqtt_lib.state_fields(d, show_of(pres), pres and pres:get_child_text("status"), prio);
+end
+
+-- Every device the engine knows, with its state fields (an iterator).
+local function all_states()
+	local i, n = 0, engine:stats().devices;
+	return function ()
+		while i < n do
+			i = i + 1;
+			local d = engine:device(i);
+			local fields = d and state_now(d.jid);
+			if fields then return d.jid, fields; end
+		end
+	end;
+end
+
+if compiled.mqtt then
+	mqtt_lib = require "brisk.iot.mqtt";
+	local server = try "net.server";
+	local resolvers = try "net.resolvers.basic";
+	local usermanager = try "core.usermanager";
+	local selector_globs = {};
+	for i, g in ipairs(selectors) do selector_globs[i] = presence.glob(g); end
+	local function selected(jid)
+		for _, g in ipairs(selector_globs) do
+			if g:match(jid) then return true; end
+		end
+		return false;
+	end
+	local measure_mqtt_connected = module:measure("mqtt_connected", "amount");
+	local measure_mqtt_queued = module:measure("mqtt_queued", "amount");
+	local measure_mqtt_sent = module:measure("mqtt_sent", "counter");
+	local measure_mqtt_dropped = module:measure("mqtt_dropped", "counter");
+	mqtt_publisher = mqtt_lib.new(compiled.mqtt, {
+		watch = require "brisk.iot.watch".new(server);
+		timer = function (delay, fn) module:add_timer(delay, function () return fn(); end); end;
+		now = time_now;
+		-- Prosody's asynchronous resolver (net.adns): never blocks.
+		resolve = function (name, cb)
+			local r = resolvers.new(name, compiled.mqtt.port, "tcp", {});
+			local list = {};
+			local function collect(_, ip)
+				if not ip then cb(list, r.last_error); return; end
+				list[#list + 1] = ip;
+				r:next(collect);
+			end
+			r:next(collect);
+		end;
+		log = log;
+		known = function (jid)
+			local d = engine:get(jid);
+			return d ~= nil and d.state ~= "unknown";
+		end;
+		is_device = function (jid)
+			local user, h = jid_util.split(jid);
+			return h == host and user ~= nil and selected(jid) and usermanager.user_exists(user, host);
+		end;
+		states = all_states;
+		metrics = { connected = measure_mqtt_connected, queued = measure_mqtt_queued,
+			sent = measure_mqtt_sent, dropped = measure_mqtt_dropped };
+	});
+
+	-- Every event: the device's state, then the event itself. The event
+	-- table carries the presence being processed (mod_presence has not
+	-- stored it in the session yet), so the state is taken from it. A
+	-- debounced event (after > 0) or silence changes no state.
+	local STATEFUL = { online = true, offline = true, state = true, flapping = true };
+	for _, kind in ipairs(KINDS) do
+		module:hook("iot/" .. kind, function (ev)
+			if STATEFUL[kind] and ev.after == 0 then
+				local d = engine:get(ev.jid);
+				if d then mqtt_publisher:device_state(ev.jid, mqtt_lib.state_fields(d, ev.show, ev.status, ev.priority)); end
+			end
+			mqtt_publisher:device_event(ev, sinks.webhook_body(ev, { name = ev.rule }));
+		end, -100);
+	end
+
+	-- An account deleted: no longer a device, its retained state goes.
+	module:hook_global("user-deleted", function (event)
+		if event.host ~= host then return; end
+		local jid = event.username .. "@" .. host;
+		if selected(jid) then mqtt_publisher:device_state(jid, nil); end
+	end);
+
+	-- A clean shutdown: after mod_c2s has closed the sessions (and waited
+	-- for them, priority -100), so that devices going offline are
+	-- published, then "offline" on $server.
+	module:hook_global("server-stopping", function ()
+		mqtt_publisher:close();
+	end, -1000);
+
+	-- Devices online when the module loads (entered silently above) are
+	-- stated at once; what a restart left stale in the broker is checked
+	-- after the first connection (brisk.iot.mqtt).
+	for jid, fields in all_states() do mqtt_publisher:device_state(jid, fields); end
+	mqtt_publisher:start();
+end
+
 -- Listing: prosodyctl shell and HTTP ----------------------------------------------
 
 -- prosodyctl shell: iot:devices(), iot:stats() (mod_brisk_iot_shell, global)
@@ -291,10 +419,11 @@ module:depends("brisk_iot_shell");
 local registry = module:shared("/*/brisk_iot/hosts");
 registry[host] = {
 	list = function (pattern, limit) return listing.devices(engine, pattern, limit); end;
-	stats = function () return listing.stats(engine, webhooks, dispatcher.scripts); end;
+	stats = function () return listing.stats(engine, webhooks, dispatcher.scripts, mqtt_publisher); end;
 };
 function module.unload()
 	registry[host] = nil;
+	if mqtt_publisher then mqtt_publisher:close(); end
 end
 
 -- HTTP JSON listing (off unless iot_http_listing = true; with

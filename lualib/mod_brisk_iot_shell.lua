@@ -1,7 +1,7 @@
 -- mod_brisk_iot_shell — mod_brisk_iot's commands in `prosodyctl shell`:
 --
 --   iot:devices([host], [pattern], [limit])   devices and their state
---   iot:stats([host])                         counts, engine memory, webhook counters
+--   iot:stats([host])                         counts, engine memory, webhook and MQTT counters
 --
 -- and on Prosody 13 also `prosodyctl shell iot devices [host] ...` and
 -- `help iot`. Without a host they cover every host running mod_brisk_iot.
@@ -60,6 +60,13 @@ local function stats(self, h)
 		print(("%s: %d devices, %d online, %d offline, %d unknown, %d timers, %d bytes; webhooks sent %d, failed %d, dropped %d, retried %d, queued %d; hook errors %d")
 			:format(name, s.devices, s.online, s.offline, s.unknown, s.timers, s.memory,
 			s.webhook.sent, s.webhook.failed, s.webhook.dropped, s.webhook.retried, s.webhook.queued, s.hook_errors));
+		local m = s.mqtt;
+		if m and m.state == "closed" then
+			print(("%s: MQTT %s (closed)"):format(name, m.broker));
+		elseif m then
+			print(("%s: MQTT %s (%s, MQTT %d): sent %d, queued %d, in flight %d, dropped %d, refused %d, %d bytes")
+				:format(name, m.broker, m.state, m.protocol, m.sent, m.queued, m.inflight, m.dropped, m.refused, m.memory));
+		end
 	end
 	return true, ("%d host(s)"):format(#hosts);
 end
@@ -79,7 +86,7 @@ end
 command("devices", "List devices and their state (every host unless one is given)", {
 	{ name = "host", type = "string" }; { name = "pattern", type = "string" }; { name = "limit", type = "number" };
 }, devices);
-command("stats", "Device counts, engine memory and webhook counters", {
+command("stats", "Device counts, engine memory, webhook and MQTT counters", {
 	{ name = "host", type = "string" };
 }, stats);
 

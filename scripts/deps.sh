@@ -18,7 +18,7 @@ PKGS="prosody lua5.4 liblua5.4-dev libexpat1-dev libsodium-dev libsqlite3-dev
       sqlite3 lua-busted luarocks lua-socket lua-expat lua-dbi-sqlite3
       lua-unbound lua-event lua-readline
       pkg-config gcc make git clang libclang-rt-14-dev gnuplot-nox procps
-      util-linux valgrind openssl"
+      util-linux valgrind openssl libssl-dev mosquitto mosquitto-clients libmosquitto-dev"
 
 # The Prosody 13 release Brisk is tested against (../upstream-specs names
 # it); if the suite has moved on to a newer 13.x, that one is taken instead.

@@ -8,11 +8,11 @@ local st = require "util.stanza";
 local q = prosody.shell_quote;
 
 
-local function run_make_run(as_user)
+local function run_make_run(as_user, extra_env)
 	local dir = sh("mktemp -d /tmp/brisk-makerun-XXXXXX"):gsub("%s+$", "");
 	local port, http_port = prosody.free_port(), prosody.free_port();
-	local env = string.format("BRISK_RUN_DIR=%s BRISK_C2S_PORT=%d BRISK_HTTP_PORT=%d BRISK_LOG_LEVEL=info BRISK_IOT_OFFLINE_AFTER=1",
-		q(dir .. "/run"), port, http_port);
+	local env = string.format("BRISK_RUN_DIR=%s BRISK_C2S_PORT=%d BRISK_HTTP_PORT=%d BRISK_LOG_LEVEL=info BRISK_IOT_OFFLINE_AFTER=1 %s",
+		q(dir .. "/run"), port, http_port, extra_env or "");
 	local cmd = string.format("cd %s && %s make -s run", q(prosody.root), env);
 	if as_user then
 		os.execute("chmod 777 " .. q(dir));
@@ -79,6 +79,33 @@ describe("make run", function ()
 	it("serves the demo accounts and stops on Ctrl-C", function ()
 		local run = run_make_run();
 		local ok, err = pcall(exercise, run);
+		os.execute("kill -KILL -" .. run.pid .. " 2>/dev/null");
+		assert(ok, err);
+	end);
+
+	it("publishes the fleet to a private mosquitto with BRISK_MQTT=1", function ()
+		local mqtt_port = prosody.free_port();
+		local run = run_make_run(nil, "BRISK_MQTT=1 BRISK_MQTT_PORT=" .. mqtt_port);
+		local ok, err = pcall(function ()
+			local broker = require "spec.helpers.mosquitto".attach(mqtt_port);
+			assert.truthy(prosody.wait_for(function ()
+				return run.out():match("MQTT: connected to 127%.0%.0%.1") ~= nil;
+			end, 60), "make run did not connect to its broker:\n" .. run.out());
+			local srv = prosody.attach(run.port, "localhost");
+			local bob = srv:connect("bob", "bob", "phone");
+			bob:send(st.presence():text_tag("status", "on call"));
+			assert.truthy(prosody.wait_for(function ()
+				local s = broker:snapshot("brisk/localhost/#");
+				return s["brisk/localhost/$server"] == "online" and (s["brisk/localhost/bob/state"] or ""):match('"on call"');
+			end, 10), "bob's state is not in the broker");
+			bob:close();
+			os.execute("kill -INT -" .. run.pid);
+			assert.truthy(prosody.wait_for(function ()
+				return run.out():match("Shutdown complete") ~= nil
+					-- "[m]": pgrep's own shell must not match itself.
+					and not sh("pgrep -f " .. q("[m]osquitto -c " .. run.dir)):match("%d");
+			end, 20), "Ctrl-C did not stop Prosody and mosquitto:\n" .. run.out());
+		end);
 		os.execute("kill -KILL -" .. run.pid .. " 2>/dev/null");
 		assert(ok, err);
 	end);

@@ -251,6 +251,6 @@ describe("brisk.iot.dispatch", function ()
 			end
 		end
 		assert.same(owned, sinks.fields);
-		assert.equal("webhook, notify, pubsub or log", sinks.names);
+		assert.equal("webhook, notify, pubsub, mqtt or log", sinks.names);
 	end);
 end);

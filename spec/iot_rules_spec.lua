@@ -74,7 +74,7 @@ describe("iot_rules validation", function ()
 			err{ { on = "online", log = true }, { log = true } });
 		assert.matches("^rule 'p': bad pattern 'a@b/c': patterns match bare JIDs",
 			err{ { name = "p", on = "online", match = "a@b/c", log = true } });
-		assert.equal("rule 't': missing target (webhook, notify, pubsub or log)", err{ { name = "t", on = "online" } });
+		assert.equal("rule 't': missing target (webhook, notify, pubsub, mqtt or log)", err{ { name = "t", on = "online" } });
 		assert.equal("rule 'w': a webhook needs 'secret' (whsec_...) or 'secret_file'",
 			err{ { name = "w", on = "online", webhook = "http://x/" } });
 		assert.equal("rule 'w': secret must start with 'whsec_'",

@@ -9,11 +9,13 @@
 -- the engine (brisk.presence.new) checks and keeps everything it uses —
 -- name, event, match, timing, status/show condition — and refuses fields
 -- nobody owns; brisk.iot.sinks checks the targets (webhook, notify,
--- pubsub, log). Either raises an error naming the rule and the problem,
--- which stops the module from loading.
+-- pubsub, mqtt, log). Either raises an error naming the rule and the
+-- problem, which stops the module from loading. iot_mqtt is checked by
+-- brisk.iot.mqtt the same way.
 
 local presence = require "brisk.presence";
 local sinks = require "brisk.iot.sinks";
+local mqtt = require "brisk.iot.mqtt";
 
 local M = {};
 
@@ -33,6 +35,7 @@ M.OPTIONS = {
 	{ "iot_webhook_backoff", "number", 1 };
 	{ "iot_webhook_max_backoff", "number", 300 };
 	{ "iot_webhook_timeout", "number", 10 };
+	{ "iot_mqtt", "raw", nil };
 };
 
 -- The options, by name without "iot_": options.rules, options.tick_interval...
@@ -64,13 +67,16 @@ local function check_list(rules)
 end
 
 --[[
-compile(options, opts) -> { engine, rules, selectors }
-  options: as read() returns them (devices, rules, pubsub_service are used)
+compile(options, opts) -> { engine, rules, selectors, mqtt }
+  options: as read() returns them (devices, rules, pubsub_service, mqtt are used)
   opts.host: the VirtualHost, whose accounts are the devices by default
   opts.now: the current time (seconds)
-  opts.read_file(path) -> data or nil, err: reads secret_file (default: the file system)
+  opts.read_file(path) -> data or nil, err: reads secret_file and
+    password_file (default: the file system)
 rules[i] = { name, targets = { [sink name] = what sink.run needs } } for the
-engine's rule i; selectors are the device globs in force.
+engine's rule i; selectors are the device globs in force; mqtt is the
+iot_mqtt settings (brisk.iot.mqtt.check), or nil. With iot_mqtt set, the
+brisk.mqtt C module must be loadable.
 ]]
 function M.compile(options, opts)
 	local list = options.rules;
@@ -95,7 +101,12 @@ function M.compile(options, opts)
 	-- configuration, not about this file) carries no source position.
 	local ok, engine = pcall(presence.new, { now = opts.now, rules = engine_rules, devices = selectors });
 	if not ok then error(engine, 0); end
-	local sink_opts = { pubsub_service = options.pubsub_service, read_file = opts.read_file or read_file };
+	local reader = opts.read_file or read_file;
+	local mqtt_settings;
+	if options.mqtt ~= nil then
+		mqtt_settings = mqtt.check(options.mqtt, { host = opts.host, read_file = reader });
+	end
+	local sink_opts = { pubsub_service = options.pubsub_service, mqtt = mqtt_settings, read_file = reader };
 	local rules = {};
 	for i = 1, #list do
 		local r = list[i];
@@ -113,7 +124,7 @@ function M.compile(options, opts)
 		if n == 0 then fail("missing target (" .. sinks.names .. ")"); end
 		rules[i] = rule;
 	end
-	return { engine = engine, rules = rules, selectors = selectors };
+	return { engine = engine, rules = rules, selectors = selectors, mqtt = mqtt_settings };
 end
 
 return M;

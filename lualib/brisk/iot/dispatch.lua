@@ -19,6 +19,8 @@
 --   webhook(url, key, device, body)  queue a signed webhook
 --   pubsub(service)                  the PubSub service object of that
 --                                    host, or nil
+--   mqtt(topic, body)                publish body to <prefix>/<topic>
+--                                    (brisk.iot.mqtt)
 -- A new sink that needs a new kind of side effect adds one function here.
 
 local jid_util = require "brisk.prosody".lib "util.jid";

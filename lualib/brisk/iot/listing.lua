@@ -36,14 +36,16 @@ function M.devices(engine, pattern, limit)
 end
 
 -- The counters iot:stats() prints: the engine's, the webhook queue's
--- (brisk.iot.webhook) and the hook scripts' (brisk.iot.scripts set).
-function M.stats(engine, webhooks, scripts)
+-- (brisk.iot.webhook), the hook scripts' (brisk.iot.scripts set) and,
+-- with iot_mqtt, the MQTT publisher's (brisk.iot.mqtt).
+function M.stats(engine, webhooks, scripts, mqtt)
 	local s = engine:stats();
 	s.webhook = {};
 	for k, v in pairs(webhooks.stats) do s.webhook[k] = v; end
 	s.webhook.queued = webhooks:queued();
 	s.hook_errors = scripts.errors;
 	s.scripts = #scripts.scripts;
+	s.mqtt = mqtt and mqtt:stats() or nil;
 	return s;
 end
 

@@ -13,6 +13,7 @@
 -- belongs to the engine, brisk.presence, which checks it.
 
 local webhook = require "brisk.iot.webhook";
+local mqtt = require "brisk.iot.mqtt";
 local prosody_lib = require "brisk.prosody".lib;
 local jid_util = prosody_lib "util.jid";
 local json = prosody_lib "util.json";
@@ -75,7 +76,8 @@ end
 local LOG_LEVELS = { debug = true, info = true, warn = true, error = true };
 
 -- check(r, opts, fail): r is the rule as configured; opts holds
--- pubsub_service (iot_pubsub_service) and read_file(path) -> data or nil, err.
+-- pubsub_service (iot_pubsub_service), mqtt (the iot_mqtt settings, or nil)
+-- and read_file(path) -> data or nil, err.
 -- run(target, rule, ev, fx): rule is { name = ... }.
 M.list = {
 	{
@@ -153,6 +155,20 @@ M.list = {
 				ok, err = service:publish(t.node, true, id, item);
 			end
 			if not ok then fx.log("warn", "Rule %q: publish to %s failed: %s", rule.name, t.node, tostring(err)); end
+		end;
+	},
+	{
+		name = "mqtt";
+		fields = { "mqtt" };
+		check = function (r, opts, fail)
+			if r.mqtt == nil then return nil; end
+			if type(r.mqtt) ~= "string" then fail("'mqtt' must be a topic (under iot_mqtt's topic_prefix)"); end
+			if not opts.mqtt then fail("'mqtt' needs iot_mqtt to name a broker"); end
+			mqtt.check_topic_part("mqtt", r.mqtt, fail);
+			return r.mqtt;
+		end;
+		run = function (topic, rule, ev, fx)
+			fx.mqtt(topic, M.webhook_body(ev, rule));
 		end;
 	},
 	{
