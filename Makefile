@@ -46,11 +46,14 @@ install: all
 # Which Prosody the specs, `make run` and the benchmarks use: Debian 12's
 # system 0.12 (the default while Debian 12 is the base), or 13, unpacked
 # from bookworm-backports into build/prosody-13/ by scripts/deps.sh.
-# make test runs both versions unless PROSODY names one.
+# make test runs both versions unless PROSODY names one
+# (and its sanitizer pass runs on 13 only: see the test target).
 ifeq ($(origin PROSODY),undefined)
 PROSODY_VERSIONS := 0.12 13
+ASAN_PROSODY_VERSIONS := 13
 else
 PROSODY_VERSIONS := $(PROSODY)
+ASAN_PROSODY_VERSIONS := $(PROSODY)
 endif
 PROSODY ?= 0.12
 ROOT := $(abspath .)
@@ -93,11 +96,6 @@ deps:
 # run the same code on both; 13, whose libraries differ most from what Brisk
 # was first written against), and the live soak runs its full 60 s in the
 # first pass and 20 s in the others (BRISK_SOAK_SECONDS).
-ifeq ($(origin PROSODY),undefined)
-ASAN_PROSODY_VERSIONS := 13
-else
-ASAN_PROSODY_VERSIONS := $(PROSODY)
-endif
 test: deps
 	@mkdir -p build && rm -f build/test-results
 	@$(MAKE) --no-print-directory all
