@@ -1,0 +1,213 @@
+-- Benchmark probe, loaded only by bench/e2e.lua's servers: describes the
+-- server's memory when the load generator asks (build/bench/loadgen --probe).
+--
+-- The load generator writes a moment's name into <bench_probe_dir>/probe.request
+-- and sends SIGUSR2 (Prosody turns it into the "signal/SIGUSR2" event on
+-- 0.12 and 13 alike); this module answers with <bench_probe_dir>/probe-<name>.txt,
+-- key=value lines:
+--
+--   rss_kb            VmRSS of the process
+--   lua_bytes         collectgarbage("count"), before any collection
+--   lua_live_bytes    the same after a full collection (garbage gone); the
+--                     *_after_gc keys are the other figures at that point
+--   malloc_inuse      bytes of malloc chunks in use (glibc mallinfo2), Lua's included
+--   malloc_free       bytes malloc holds free (fragmentation, not returned to the OS)
+--   lua_chunks        bytes of the malloc chunks of blocks allocated through the
+--                     Lua allocator (headers and rounding included), relative to
+--                     when counting began: malloc_inuse - lua_chunks is C memory
+--                     allocated with malloc directly (libexpat, OpenSSL)
+--   lua_requested     the bytes those blocks were asked for (same origin):
+--                     lua_requested - lua_bytes is C memory that a C library
+--                     allocates through the Lua allocator (the GC does not count it)
+--   lua_allocated     bytes allocated through the Lua allocator since counting
+--                     began (new or growing blocks: garbage per stanza)
+--   sessions          c2s sessions
+--   xml_streams, xml_hibernating, xml_bytes   brisk.xml.memory(), when it exists
+--   parser_lua_bytes, parser_c_bytes   per stream parser (C: through malloc or
+--                     through the Lua allocator outside the GC's count), measured by creating
+--                     bench_probe_parsers parsers with util.xmppstream.new (whichever
+--                     implementation the server runs) and feeding each what a
+--                     c2s session's parser sees after SASL
+--   socket_lua_bytes  one LuaSocket TCP object (its 8 KiB receive buffer is inside)
+--
+-- Moments named "mark-*" only read the counters (no collection, no
+-- experiments), so that they can bracket a measured window.
+--
+-- The malloc figures need build/bench/bench_probe.so (bench_probe_so); without
+-- it the file has only the Lua and RSS figures.
+module:set_global();
+
+local lib;
+do
+	local ok_prosody = pcall(require, "prosody.util.xmppstream");
+	lib = function (name) return require((ok_prosody and "prosody." or "") .. name); end
+end
+
+local dir = module:get_option_string("bench_probe_dir");
+local so = module:get_option_string("bench_probe_so");
+local nparsers = module:get_option_number("bench_probe_parsers", 200);
+
+local probe;
+if so then
+	local open = package.loadlib(so, "luaopen_bench_probe");
+	if open then probe = open(); else module:log("warn", "bench probe: cannot load %s", so); end
+end
+-- Count Lua's own malloc chunks from now on (adds one malloc_usable_size()
+-- per allocation; only servers that measure memory or garbage load this).
+if probe and module:get_option_boolean("bench_probe_count_lua", true) then probe.count_lua(); end
+
+local function rss_kb()
+	local f = io.open("/proc/self/status", "r");
+	if not f then return nil; end
+	local s = f:read("a");
+	f:close();
+	return tonumber(s:match("VmRSS:%s*(%d+)"));
+end
+
+local function lua_bytes() return math.floor(collectgarbage("count") * 1024); end
+
+local function full_gc()
+	collectgarbage("collect");
+	collectgarbage("collect");
+end
+
+-- C bytes outside the GC's count right now: allocated with malloc directly
+-- plus through the Lua allocator by C code (nil without the C probe).
+local function c_outside()
+	if not probe then return nil; end
+	local mi, l, count = probe.mallinfo(), probe.lua(), lua_bytes();
+	if l then return (mi.inuse - l.chunks) + (l.requested - count); end
+	return mi.inuse - count;  -- malloc's headers of Lua's own blocks included
+end
+
+-- What a stream parser costs: n parsers made the way mod_c2s makes them,
+-- each fed what a session's parser sees after SASL (stream header, bind,
+-- session, initial presence). Returns Lua and C bytes per parser.
+local function parser_cost(n)
+	local xmppstream = lib "util.xmppstream";
+	local callbacks = {
+		stream_ns = "http://etherx.jabber.org/streams", default_ns = "jabber:client",
+		streamopened = function (session) session.notopen = nil; end,
+		streamclosed = function () end,
+		handlestanza = function () end,
+		error = function () end,
+	};
+	local input = {
+		"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>",
+		"<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>lg1</resource></bind></iq>",
+		"<iq type='set' id='sess'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+		"<presence/>",
+	};
+	local keep = {};
+	full_gc();
+	local l0, c0 = lua_bytes(), c_outside();
+	for i = 1, n do
+		local session = { notopen = true };
+		local stream = xmppstream.new(session, callbacks, 1024 * 1024);
+		for _, chunk in ipairs(input) do stream:feed(chunk); end
+		keep[i] = { session, stream };
+	end
+	full_gc();
+	local l1, c1 = lua_bytes(), c_outside();
+	keep = nil; -- luacheck: ignore
+	full_gc();
+	return (l1 - l0) / n, c0 and (c1 - c0) / n or nil;
+end
+
+-- One LuaSocket TCP object, as every plain c2s connection holds one.
+local function socket_cost(n)
+	local socket = require "socket";
+	local keep = {};
+	full_gc();
+	local l0 = lua_bytes();
+	for i = 1, n do keep[i] = socket.tcp(); end
+	full_gc();
+	local l1 = lua_bytes();
+	for i = 1, n do keep[i]:close(); end
+	keep = nil; -- luacheck: ignore
+	full_gc();
+	return (l1 - l0) / n;
+end
+
+local function count_sessions()
+	local n = 0;
+	for _, s in pairs(prosody.full_sessions) do
+		if s.type == "c2s" then n = n + 1; end
+	end
+	return n;
+end
+
+local function answer()
+	local f = io.open(dir .. "/probe.request", "r");
+	if not f then return; end
+	local label = (f:read("l") or ""):match("^[%w%-_]+$");
+	f:close();
+	if not label then return; end
+	local t, order = {}, {};
+	local function put(k, v)
+		if v ~= nil then
+			if t[k] == nil then order[#order + 1] = k; end
+			t[k] = type(v) == "number" and math.floor(v + 0.5) or v;
+		end
+	end
+	put("rss_kb", rss_kb());
+	put("lua_bytes", lua_bytes());
+	if probe then
+		local mi, l = probe.mallinfo(), probe.lua();
+		put("malloc_inuse", mi.inuse);
+		put("malloc_free", mi.free);
+		if l then
+			put("lua_chunks", l.chunks);
+			put("lua_requested", l.requested);
+			put("lua_allocated", l.allocated);
+			put("lua_allocations", l.allocations);
+		end
+	end
+	if label:match("^mark%-") then goto write; end
+	put("sessions", count_sessions());
+	do
+		local bx = package.loaded["brisk.xml"];
+		if type(bx) == "table" and type(bx.memory) == "function" then
+			local ok, m = pcall(bx.memory);
+			if ok and type(m) == "table" then
+				put("xml_streams", m.streams);
+				put("xml_hibernating", m.hibernating);
+				put("xml_bytes", m.bytes);
+			end
+		end
+	end
+	full_gc();
+	put("lua_live_bytes", lua_bytes());
+	put("rss_after_gc_kb", rss_kb());
+	if probe then
+		local mi, l = probe.mallinfo(), probe.lua();
+		put("malloc_inuse_after_gc", mi.inuse);
+		if l then put("lua_chunks_after_gc", l.chunks); put("lua_requested_after_gc", l.requested); end
+	end
+	if label == "ready" or label == "after" then
+		local ok, pl, pc = pcall(parser_cost, nparsers);
+		if ok then
+			put("parser_lua_bytes", pl);
+			put("parser_c_bytes", pc);
+		else
+			module:log("warn", "bench probe: parser experiment failed: %s", pl);
+		end
+		local ok2, sl = pcall(socket_cost, 32);
+		if ok2 then put("socket_lua_bytes", sl); end
+	end
+	::write::
+	local lines = {};
+	for _, k in ipairs(order) do lines[#lines + 1] = k .. "=" .. tostring(t[k]); end
+	local tmp = dir .. "/probe-" .. label .. ".tmp";
+	local out = assert(io.open(tmp, "w"));
+	out:write(table.concat(lines, "\n"), "\n");
+	out:close();
+	os.rename(tmp, dir .. "/probe-" .. label .. ".txt");
+end
+
+if dir then
+	module:hook_global("signal/SIGUSR2", function ()
+		local ok, err = pcall(answer);
+		if not ok then module:log("error", "bench probe failed: %s", err); end
+	end);
+end
