@@ -41,7 +41,7 @@ bench-sos: $(BENCH_SOS)
 
 $(PROBE): bench/probe/probe.c bench/bench.mk
 	@mkdir -p $(@D)
-	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared $(LUA_CFLAGS) -o $@ $<
+	$(CC) -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared $(LUA_CFLAGS) -o $@ $< -ldl
 
 $(TLS_SHIM): bench/probe/tls_shim.c bench/bench.mk
 	@mkdir -p $(@D)

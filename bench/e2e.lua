@@ -25,6 +25,9 @@
 -- alone, with stock's GC), to see which module a gain or a cost comes from.
 -- --alloc also counts the bytes Lua allocates per stanza in ping-pong and
 -- presence (a counting allocator in the server; adds a little CPU).
+-- --profile (implies --alloc and --keep) also runs a sampling profiler in
+-- each server during the measured window: <server dir>/profile.txt;
+-- --profile=calls counts every Lua call instead (exact, slow).
 -- --study=gc|settings|tls runs one of the studies behind docs/scaling.md
 -- instead of the comparison (see study_* below).
 --
@@ -38,7 +41,7 @@
 
 local socket = require "socket";
 
-local quick, keep, breakdown, alloc, only, study = false, false, false, false, nil, nil;
+local quick, keep, breakdown, alloc, only, study, profile = false, false, false, false, nil, nil, false;
 for _, a in ipairs(arg) do
 	if a == "--quick" then quick = true;
 	elseif a:match("^%-%-only=") then
@@ -48,6 +51,8 @@ for _, a in ipairs(arg) do
 	elseif a == "--keep" then keep = true;
 	elseif a == "--breakdown" then breakdown = true;
 	elseif a == "--alloc" then alloc = true;
+	elseif a == "--profile" then alloc, profile, keep = true, true, true;
+	elseif a == "--profile=calls" then alloc, profile, keep = true, "calls", true;
 	else
 		io.stderr:write("usage: lua5.4 bench/e2e.lua [--quick] [--keep] [--breakdown] [--alloc] "
 			.. "[--only=scenario,...] [--study=gc|settings|tls]\n");
@@ -104,6 +109,12 @@ local KIND = { idle = "idle", large = "large", pingpong = "pingpong", presence =
 local MEMORY = { idle = true, large = true, ["tls-idle"] = true };
 local accounts = 0;
 for _, s in pairs(sizes) do accounts = math.max(accounts, s.clients); end
+-- BENCH_E2E_ROUNDS=1: fewer rounds of ping-pong and presence, for experiments.
+if tonumber(os.getenv("BENCH_E2E_ROUNDS")) then
+	for _, s in pairs(sizes) do
+		if s.rounds then s.rounds = tonumber(os.getenv("BENCH_E2E_ROUNDS")); end
+	end
+end
 
 local t_start_all = socket.gettime();
 local function log(fmt, ...)
@@ -158,12 +169,16 @@ local function scale_settings(n)
 end
 
 -- BENCH_E2E_GC='{ mode = "generational" }' gives every configuration that
--- GC (and drops stock-gen, which it would duplicate).
-local gc_override;
+-- GC (and drops stock-gen, which it would duplicate); BENCH_E2E_GC=default
+-- gives every configuration Prosody's default GC.
+local gc_override, gc_overridden;
 do
 	local src = os.getenv("BENCH_E2E_GC");
-	if src and src ~= "" then
+	if src == "default" then
+		gc_overridden = true;
+	elseif src and src ~= "" then
 		gc_override = assert(load("return " .. src, "BENCH_E2E_GC", "t", {}))();
+		gc_overridden = true;
 	end
 end
 
@@ -183,12 +198,12 @@ do
 	variants = {
 		{ name = "stock", title = "Stock", mods = {}, gc = gc_override, settings = settings },
 	};
-	if not gc_override then
+	if not gc_overridden then
 		variants[#variants + 1] = { name = "stock-gen", title = "Stock, generational", mods = {},
 			gc = { mode = "generational" }, settings = settings };
 	end
 	variants[#variants + 1] = { name = "brisk", title = "Brisk", mods = all_brisk,
-		gc = gc_override or RECOMMENDED_GC, settings = settings };
+		gc = (gc_overridden and gc_override) or (not gc_overridden and RECOMMENDED_GC) or nil, settings = settings };
 	if breakdown then
 		for _, m in ipairs({ "xml", "storage", "iot" }) do
 			if brisk[m] then
@@ -305,6 +320,7 @@ local function write_config(dir, port, v, opts)
 		lines[#lines + 1] = "bench_probe_dir = " .. serialize(dir);
 		if have_probe then lines[#lines + 1] = "bench_probe_so = " .. serialize(probe_so); end
 		lines[#lines + 1] = "bench_probe_count_lua = " .. tostring(opts.count_lua and true or false);
+		if profile then lines[#lines + 1] = "bench_probe_profile = " .. serialize(profile); end
 	end
 	for _, l in ipairs(v.config or {}) do lines[#lines + 1] = l; end
 	-- BENCH_E2E_CONFIG: extra global options for every configuration, to try
@@ -356,7 +372,8 @@ end
 -- opts as for write_config, plus env (extra environment, e.g. LD_PRELOAD)
 -- and fd_limit (the server's soft fd limit; default: as high as allowed).
 local function start_server(v, opts)
-	local dir = sh("mktemp -d /tmp/brisk-bench-XXXXXX"):match("[^\n]+");
+	-- BENCH_E2E_TMPDIR: where the servers' folders go (default /tmp).
+	local dir = sh("mktemp -d " .. shell_quote((os.getenv("BENCH_E2E_TMPDIR") or "/tmp") .. "/brisk-bench-XXXXXX")):match("[^\n]+");
 	-- certs/ exists (empty without TLS) so that certmanager has nothing to complain about.
 	assert(os.execute("mkdir -p " .. shell_quote(dir .. "/data") .. " " .. shell_quote(dir .. "/certs")));
 	if opts.tls then make_certificate(dir); end
@@ -469,6 +486,8 @@ local function run_loadgen(server, sc, size)
 	local errlog = server.dir .. "/loadgen-" .. sc .. ".log";
 	local cmd = ("%s; %s 2>%s"):format(raise_fd_limit, table.concat(quoted, " "), shell_quote(errlog));
 	local out = sh("sh -c " .. shell_quote(cmd));
+	local f = io.open(server.dir .. "/loadgen-" .. sc .. ".out", "w");
+	if f then f:write(out); f:close(); end
 	local r = {};
 	for k, v in out:gmatch("([%w_]+)=(%S+)") do r[k] = tonumber(v) or v; end
 	if not r.scenario then
@@ -477,7 +496,7 @@ local function run_loadgen(server, sc, size)
 	end
 	r.stderr = read_all(errlog) or "";
 	r.probe = {};
-	for _, label in ipairs({ "base", "ready", "mark-start", "mark-end" }) do
+	for _, label in ipairs({ "base", "ready", "mark-start", "mark-end", "mark-light-start", "mark-light-end" }) do
 		r.probe[label] = parse_probe(read_all(server.dir .. "/probe-" .. label .. ".txt"));
 	end
 	return r;
@@ -688,6 +707,20 @@ local function alloc_per_stanza(r)
 	return (e.lua_allocated - s.lua_allocated) / r.received;
 end
 
+-- The same in the light-load window, where no stanzas queue up, so that a
+-- slower server's bigger batches (more stanzas per read and write) do not
+-- make it look thriftier.
+local function alloc_per_stanza_light(r)
+	local s, e = r.probe and r.probe["mark-light-start"], r.probe and r.probe["mark-light-end"];
+	if not (s and e and s.lua_allocated and e.lua_allocated and (r.light_received or 0) > 0) then return nil; end
+	return (e.lua_allocated - s.lua_allocated) / r.light_received;
+end
+
+local function cpu_per_100k_light(r)
+	if not ((r.light_received or 0) > 0 and r.light_server_cpu_s) then return nil; end
+	return r.light_server_cpu_s / r.light_received * 1e5;
+end
+
 local function rss_under_load(r)
 	if not (r.rss_end_kb and r.rss_start_kb and r.logged_in > 0) then return nil; end
 	return (r.rss_end_kb - r.rss_start_kb) / r.logged_in;
@@ -816,6 +849,8 @@ local function report_comparison(results, scenarios)
 		{ "pingpong", "latency p99, saturated", "ms", function (r) return r.p99_ms; end, lower = true },
 		{ "pingpong", "latency p50, light load", "ms", function (r) return r.light_samples > 0 and r.light_p50_ms or nil; end, lower = true },
 		{ "pingpong", "latency p99, light load", "ms", function (r) return r.light_samples > 0 and r.light_p99_ms or nil; end, lower = true },
+		{ "pingpong", "server CPU per 100k stanzas, light load", "CPU s", cpu_per_100k_light, lower = true },
+		{ "pingpong", "Lua allocated per stanza, light load", "bytes", alloc_per_stanza_light, lower = true, optional = true },
 		{ "presence", "throughput", "stanzas/s", function (r) return r.rate; end },
 		{ "presence", "server CPU per 100k stanzas", "CPU s", function (r) return r.server_cpu_per_100k; end, lower = true,
 			chart = { "efficiency", function (v) return 1e5 / v; end, "stanzas per server CPU s" } },
@@ -825,6 +860,8 @@ local function report_comparison(results, scenarios)
 		{ "presence", "latency p99, saturated", "ms", function (r) return r.p99_ms; end, lower = true },
 		{ "presence", "latency p50, light load", "ms", function (r) return r.light_samples > 0 and r.light_p50_ms or nil; end, lower = true },
 		{ "presence", "latency p99, light load", "ms", function (r) return r.light_samples > 0 and r.light_p99_ms or nil; end, lower = true },
+		{ "presence", "server CPU per 100k stanzas, light load", "CPU s", cpu_per_100k_light, lower = true },
+		{ "presence", "Lua allocated per stanza, light load", "bytes", alloc_per_stanza_light, lower = true, optional = true },
 		{ "presence", "controller re-login until it has every device's presence", "ms",
 			function (r) return r.resync_ms >= 0 and r.resync_ms or nil; end, lower = true,
 			chart = { "controller re-login speed", function (v) return 1000 / v; end, "re-logins/s" } },

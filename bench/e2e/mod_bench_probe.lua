@@ -33,6 +33,13 @@
 -- Moments named "mark-*" only read the counters (no collection, no
 -- experiments), so that they can bracket a measured window.
 --
+-- With bench_probe_profile = true, "mark-start" also starts a sampling
+-- profiler (an instruction-count hook on the main thread and every session's
+-- coroutine) and "mark-end" stops it and writes <dir>/profile.txt: per Lua
+-- function, the samples that landed in it and the bytes allocated since the
+-- previous sample (an approximate attribution: C functions' allocations go
+-- to the Lua function that called them), self and with two callers.
+--
 -- The malloc figures need build/bench/bench_probe.so (bench_probe_so); without
 -- it the file has only the Lua and RSS figures.
 module:set_global();
@@ -129,6 +136,101 @@ local function socket_cost(n)
 	return (l1 - l0) / n;
 end
 
+-- The sampling profiler (bench_probe_profile).
+-- bench_probe_profile = "calls": count every Lua function call instead of
+-- sampling (slow, but exact: calls per stanza).
+local profiling = module:get_option("bench_probe_profile", false);
+local PERIOD = 1000;  -- instructions between samples
+local MASK, COUNT = "", PERIOD;
+if profiling == "calls" then MASK, COUNT = "c", 0; end
+local prof;
+local getinfo, sethook = debug.getinfo, debug.sethook;
+
+local function where(level)
+	local info = getinfo(level, "Sn");
+	if not info then return nil; end
+	return ("%s:%d %s"):format(info.short_src, info.linedefined, info.name or "?");
+end
+
+local function hook()
+	local p = prof;
+	if not p then return; end
+	local a0 = probe and probe.allocated() or 0;
+	local self_key = where(3) or "?";
+	if MASK == "c" then  -- a call: count it where it lands
+		local e = p.self[self_key];
+		if not e then e = { 0, 0 }; p.self[self_key] = e; end
+		e[1] = e[1] + 1;
+		p.samples = p.samples + 1;
+		local stack = self_key .. " < " .. (where(4) or "");
+		e = p.stack[stack];
+		if not e then e = { 0, 0 }; p.stack[stack] = e; end
+		e[1] = e[1] + 1;
+		return;
+	end
+	local stack = self_key .. " < " .. (where(4) or "") .. " < " .. (where(5) or "");
+	local da = a0 - p.last;
+	local e = p.self[self_key];
+	if not e then e = { 0, 0 }; p.self[self_key] = e; end
+	e[1], e[2] = e[1] + 1, e[2] + da;
+	e = p.stack[stack];
+	if not e then e = { 0, 0 }; p.stack[stack] = e; end
+	e[1], e[2] = e[1] + 1, e[2] + da;
+	p.samples, p.bytes = p.samples + 1, p.bytes + da;
+	p.last = probe and probe.allocated() or 0;  -- the hook's own allocations excluded
+end
+
+local function hook_thread(co)
+	if type(co) == "thread" and coroutine.status(co) ~= "dead" then sethook(co, hook, MASK, COUNT); end
+end
+
+local orig_create = coroutine.create;
+local function profile_start()
+	prof = { self = {}, stack = {}, samples = 0, bytes = 0, last = probe and probe.allocated() or 0 };
+	sethook(hook, MASK, COUNT);
+	-- Stanzas run in each session's util.async runner: hook those threads,
+	-- and any created from now on.
+	for _, s in pairs(prosody.full_sessions) do
+		if type(s.thread) == "table" then hook_thread(s.thread.thread); end
+	end
+	for _, host in pairs(prosody.hosts) do
+		for _, user in pairs(host.sessions or {}) do
+			for _, s in pairs(user.sessions or {}) do
+				if type(s.thread) == "table" then hook_thread(s.thread.thread); end
+			end
+		end
+	end
+	coroutine.create = function (f)  -- luacheck: ignore 122
+		local co = orig_create(f);
+		if prof then sethook(co, hook, MASK, COUNT); end
+		return co;
+	end;
+end
+
+local function profile_stop()
+	local p = prof;
+	prof = nil;
+	sethook();
+	coroutine.create = orig_create;  -- luacheck: ignore 122
+	if not p then return; end
+	local lines = { ("samples=%d bytes=%d period=%d"):format(p.samples, p.bytes, PERIOD) };
+	for _, part in ipairs({ { "self", p.self }, { "stack", p.stack } }) do
+		local keys = {};
+		for k in pairs(part[2]) do keys[#keys + 1] = k; end
+		for _, order in ipairs({ 1, 2 }) do
+			table.sort(keys, function (a, b) return part[2][a][order] > part[2][b][order]; end);
+			lines[#lines + 1] = ("-- %s, by %s"):format(part[1], order == 1 and "samples" or "bytes");
+			for i = 1, math.min(40, #keys) do
+				local e = part[2][keys[i]];
+				lines[#lines + 1] = ("%6.2f%% samples %6.2f%% bytes  %s"):format(100 * e[1] / math.max(1, p.samples),
+					100 * e[2] / math.max(1, p.bytes), keys[i]);
+			end
+		end
+	end
+	local f = io.open(dir .. "/profile.txt", "w");
+	if f then f:write(table.concat(lines, "\n"), "\n"); f:close(); end
+end
+
 local function count_sessions()
 	local n = 0;
 	for _, s in pairs(prosody.full_sessions) do
@@ -161,7 +263,20 @@ local function answer()
 			put("lua_requested", l.requested);
 			put("lua_allocated", l.allocated);
 			put("lua_allocations", l.allocations);
+			for tag = 0, 15 do put("lua_allocated_tag" .. tag, l.by_tag[tag]); end
+			for k = 0, 23 do put("lua_allocated_raw" .. k, l.raw_by_size[k]); end
 		end
+	end
+	if profiling and label == "mark-start" then profile_start(); end
+	if profiling and label == "mark-end" then profile_stop(); end
+	-- bench_probe_trace = { min, max }: C stacks of the window's new
+	-- non-object blocks of that size, into <dir>/traces.txt.
+	local trace = module:get_option("bench_probe_trace");
+	if probe and trace and label == "mark-start" then probe.trace(trace[1], trace[2]); end
+	if probe and trace and label == "mark-end" then
+		local f = io.open(dir .. "/traces.txt", "w");
+		if f then f:write(table.concat(probe.traces(), "\n"), "\n"); f:close(); end
+		probe.trace(1, 0);
 	end
 	if label:match("^mark%-") then goto write; end
 	put("sessions", count_sessions());

@@ -945,8 +945,8 @@ int main(int argc, char **argv) {
   ** mostly queueing (Little's law: in flight / throughput); with only a few
   ** tokens in flight it shows the cost of one stanza and the pauses (GC,
   ** timers) that hit it.  Tokens of the first window drain first. */
-  double lp50 = 0, lp99 = 0;
-  uint64_t lsamples = 0;
+  double lp50 = 0, lp99 = 0, lcpu = 0, lsecs = 0;
+  uint64_t lsamples = 0, lreceived = 0;
   if ((is_pp || is_pres) && r->light_inflight > 0 && r->light_duration > 0) {
     double td = now_s() + 1.0;
     while (now_s() < td) poll_once(r, 20);
@@ -956,6 +956,9 @@ int main(int argc, char **argv) {
     if (is_pp && r->inflight > pairs(r)) r->inflight = pairs(r);
     if (is_pres && r->inflight > r->nclients) r->inflight = r->nclients;
     r->gen = 2;
+    probe(r, "mark-light-start");
+    uint64_t lrec0 = r->received;
+    double lc0 = proc_cpu(r->server_pid), lt0 = now_s();
     r->measuring = 1;
     if (is_pp)
       for (int k = 0; k < r->inflight; k++) send_ping(r, (int)((long)k * pairs(r) / r->inflight), 0);
@@ -963,7 +966,11 @@ int main(int argc, char **argv) {
       for (int k = 0; k < r->inflight; k++) send_presence(r, (int)((long)k * r->nclients / r->inflight));
     double tl = now_s() + r->light_duration;
     while (now_s() < tl) poll_once(r, 5);
+    lcpu = proc_cpu(r->server_pid) - lc0;
+    lsecs = now_s() - lt0;
     r->measuring = 0;
+    lreceived = r->received - lrec0;
+    probe(r, "mark-light-end");
     qsort(r->lat, r->nlat, sizeof *r->lat, cmp_u32);
     lp50 = percentile(r->lat, r->nlat, 0.50);
     lp99 = percentile(r->lat, r->nlat, 0.99);
@@ -1022,7 +1029,8 @@ int main(int argc, char **argv) {
          "rss_start_kb=%ld rss_ready_kb=%ld rss_end_kb=%ld rss_per_client_kb=%.2f "
          "resync_devices=%d resync_ms=%.1f resync_cpu_s=%.3f "
          "light_inflight=%d light_p50_ms=%.3f light_p99_ms=%.3f light_samples=%llu "
-         "tls=%d uploads=%d upload_s=%.3f upload_cpu_s=%.3f stanza_kb=%d\n",
+         "tls=%d uploads=%d upload_s=%.3f upload_cpu_s=%.3f stanza_kb=%d "
+         "light_received=%llu light_seconds=%.3f light_server_cpu_s=%.3f\n",
          r->scenario, r->nclients, r->nconn, logged_in, (unsigned long long)r->errors, inflight, secs,
          (unsigned long long)sent, (unsigned long long)received,
          (unsigned long long)received_msg, (unsigned long long)received_pres,
@@ -1032,7 +1040,8 @@ int main(int argc, char **argv) {
          rss0, rss1, rss2, logged_in ? (double)(rss1 - rss0) / logged_in : 0.0,
          resync_devices, resync_ms, resync_cpu,
          r->light_inflight, lp50, lp99, (unsigned long long)lsamples,
-         r->tls, r->uploads_done, upload_s, upload_cpu, is_large ? r->stanza_kb : 0);
+         r->tls, r->uploads_done, upload_s, upload_cpu, is_large ? r->stanza_kb : 0,
+         (unsigned long long)lreceived, lsecs, lcpu);
   for (int i = 0; i < r->nconn; i++) {
     if (r->conns[i].xp) XML_ParserFree(r->conns[i].xp);
     free(r->conns[i].out.p);
