@@ -746,7 +746,18 @@ static void connect_all(Run *r, double deadline) {
       last_report = r->ready / 1000;
       fprintf(stderr, "loadgen: %d/%d clients ready\n", r->ready, r->nconn);
     }
-    if (t > deadline) die("connecting took too long (%d ready of %d)", r->ready, r->nconn);
+    if (t > deadline) {
+      /* Report what did log in rather than nothing (a server out of file
+      ** descriptors never accepts the rest); the others count as errors. */
+      fprintf(stderr, "loadgen: connecting took too long (%d ready of %d)\n", r->ready, r->nconn);
+      for (int i = 0; i < r->nconn; i++) {
+        Conn *c = &r->conns[i];
+        if (c->state != ST_READY && c->state != ST_DEAD) conn_close(r, c, 1);
+        else if (c->state == ST_IDLE) { c->state = ST_DEAD; r->dead++; r->errors++; }
+      }
+      r->next_connect = r->nconn;
+      return;
+    }
   }
 }
 

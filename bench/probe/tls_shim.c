@@ -35,9 +35,24 @@ static void init(void) {
   atexit(report);
 }
 
+/* LuaSec's ssl.so is dlopen()ed with RTLD_LOCAL, so libssl is not in the
+** global scope that RTLD_NEXT searches: look the real functions up in
+** libssl itself (already loaded as ssl.so's dependency by the first call). */
+static void *real(const char *name) {
+  void *h = dlopen("libssl.so.3", RTLD_NOW | RTLD_NOLOAD);
+  if (!h) h = dlopen("libssl.so.3", RTLD_NOW);
+  void *f = h ? dlsym(h, name) : NULL;
+  if (!f) { fprintf(stderr, "tls_shim: cannot find %s\n", name); abort(); }
+  return f;
+}
+
 static long filter(int cmd, long larg, unsigned long *seen) {
   init();
   if (cmd == SSL_CTRL_MODE && (larg & SSL_MODE_RELEASE_BUFFERS)) {
+    if (seen_ssl + seen_ctx == 0)   /* the process may not exit normally: say it now */
+      fprintf(stderr, "tls_shim: SSL_MODE_RELEASE_BUFFERS is set by the %s%s\n",
+              seen == &seen_ssl ? "connection (SSL_set_mode)" : "context (SSL_CTX_set_mode)",
+              no_release ? ", masked: BENCH_TLS_NO_RELEASE=1" : "");
     (*seen)++;
     if (no_release) { larg &= ~(long)SSL_MODE_RELEASE_BUFFERS; masked++; }
   }
@@ -45,11 +60,11 @@ static long filter(int cmd, long larg, unsigned long *seen) {
 }
 
 long SSL_ctrl(SSL *s, int cmd, long larg, void *parg) {
-  if (!real_ssl_ctrl) real_ssl_ctrl = (long (*)(SSL *, int, long, void *))dlsym(RTLD_NEXT, "SSL_ctrl");
+  if (!real_ssl_ctrl) real_ssl_ctrl = (long (*)(SSL *, int, long, void *))real("SSL_ctrl");
   return real_ssl_ctrl(s, cmd, filter(cmd, larg, &seen_ssl), parg);
 }
 
 long SSL_CTX_ctrl(SSL_CTX *c, int cmd, long larg, void *parg) {
-  if (!real_ctx_ctrl) real_ctx_ctrl = (long (*)(SSL_CTX *, int, long, void *))dlsym(RTLD_NEXT, "SSL_CTX_ctrl");
+  if (!real_ctx_ctrl) real_ctx_ctrl = (long (*)(SSL_CTX *, int, long, void *))real("SSL_CTX_ctrl");
   return real_ctx_ctrl(c, cmd, filter(cmd, larg, &seen_ctx), parg);
 }
