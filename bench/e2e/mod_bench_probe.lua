@@ -299,7 +299,7 @@ local function answer()
 		put("malloc_inuse_after_gc", mi.inuse);
 		if l then put("lua_chunks_after_gc", l.chunks); put("lua_requested_after_gc", l.requested); end
 	end
-	if label == "ready" or label == "after" then
+	if label == "ready" then
 		local ok, pl, pc = pcall(parser_cost, nparsers);
 		if ok then
 			put("parser_lua_bytes", pl);
