@@ -523,7 +523,7 @@ local function run_one(v, sc, size, opts)
 	if ok and opts.after then
 		-- Once the server has closed every session (it may still be busy
 		-- with the load generator's goodbyes), see what memory stays.
-		local deadline = socket.gettime() + 15;
+		local deadline = socket.gettime() + 30;
 		repeat
 			socket.sleep(0.5);
 			r.probe.after = server:probe("after");
@@ -704,7 +704,7 @@ local function memory_items(r)
 	-- After every client left: read after a full collection (a parser's C
 	-- memory goes with its userdata's __gc), against the base before any.
 	local after = r.probe.after;
-	if after and after.rss_after_gc_kb then
+	if after and after.rss_after_gc_kb and (after.sessions or 0) == 0 then  -- n/a while sessions remain
 		m.after_rss = (after.rss_after_gc_kb - b.rss_kb) / n;
 		if after.malloc_inuse_after_gc and after.lua_chunks_after_gc and b.lua_chunks then
 			m.after_c_malloc = per_client_kib(r, after.malloc_inuse_after_gc - after.lua_chunks_after_gc,
