@@ -29,6 +29,8 @@
 --                     implementation the server runs) and feeding each what a
 --                     c2s session's parser sees after SASL
 --   socket_lua_bytes  one LuaSocket TCP object (its 8 KiB receive buffer is inside)
+--   rss_after_trim_kb VmRSS after malloc_trim(0), at the very end of "ready"
+--                     (so every later figure of the run follows a trim)
 --
 -- Moments named "mark-*" only read the counters (no collection, no
 -- experiments), so that they can bracket a measured window.
@@ -309,6 +311,12 @@ local function answer()
 		end
 		local ok2, sl = pcall(socket_cost, 32);
 		if ok2 then put("socket_lua_bytes", sl); end
+		-- Last: what RSS would be if malloc handed back the memory it keeps
+		-- free (glibc's malloc_trim also releases free pages inside the heap).
+		if probe then
+			probe.trim();
+			put("rss_after_trim_kb", rss_kb());
+		end
 	end
 	::write::
 	local lines = {};
