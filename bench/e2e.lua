@@ -1,7 +1,8 @@
 -- End-to-end benchmark: a real Prosody on loopback, started with the stock
 -- configuration and with the same configuration plus whichever Brisk modules
--- exist in lualib/ (mod_brisk_xml globally, mod_storage_brisk for rosters,
--- mod_brisk_iot on the host), each driven by the C load generator
+-- exist in lualib/ (mod_brisk_xml and mod_brisk_util globally,
+-- mod_storage_brisk for rosters, mod_brisk_iot on the host), each driven by
+-- the C load generator
 -- (build/bench/loadgen).
 --
 --   eval "$(make -s env)"; lua5.4 bench/e2e.lua [--quick] [--keep] [--breakdown] [--alloc]
@@ -163,6 +164,7 @@ if not have_probe then log("%s is missing (make bench-loadgen): no malloc figure
 -- Which Brisk modules exist right now; the Brisk server enables exactly these.
 local brisk = {
 	xml = exists(root .. "/lualib/mod_brisk_xml.lua"),
+	util = exists(root .. "/lualib/mod_brisk_util.lua"),
 	storage = exists(root .. "/lualib/mod_storage_brisk.lua"),
 	iot = exists(root .. "/lualib/mod_brisk_iot.lua"),
 };
@@ -214,7 +216,7 @@ do
 	variants[#variants + 1] = { name = "brisk", title = "Brisk", mods = all_brisk,
 		gc = (gc_overridden and gc_override) or (not gc_overridden and RECOMMENDED_GC) or nil, settings = settings };
 	if breakdown then
-		for _, m in ipairs({ "xml", "storage", "iot" }) do
+		for _, m in ipairs({ "xml", "util", "storage", "iot" }) do
 			if brisk[m] then
 				variants[#variants + 1] = { name = "only " .. m, title = "only " .. m, mods = { [m] = true },
 					gc = gc_override, settings = settings, breakdown = true };
@@ -289,6 +291,7 @@ local function write_config(dir, port, v, opts)
 			-- idle period (warmup >= 3 s); Brisk's default is 30 s.
 			extra_global[#extra_global + 1] = "brisk_xml_hibernate_after = 2";
 		end
+		if mods.util then global_modules[#global_modules + 1] = "brisk_util"; end
 		if mods.storage then storage = { roster = "brisk" }; end
 		if mods.iot then
 			host_modules[#host_modules + 1] = "brisk_iot";
@@ -826,6 +829,7 @@ local function report_comparison(results, scenarios)
 	local has_gen = variant("stock-gen") ~= nil;
 	local enabled = {};
 	if brisk.xml then enabled[#enabled + 1] = "`brisk_xml` (global)"; end
+	if brisk.util then enabled[#enabled + 1] = "`brisk_util` (global)"; end
 	if brisk.storage then enabled[#enabled + 1] = "`storage = { roster = \"brisk\" }`"; end
 	if brisk.iot then enabled[#enabled + 1] = "`brisk_iot` (host)"; end
 
