@@ -14,6 +14,20 @@
 **             an unavailable/available flap that makes the server probe the
 **             controller again); the controller sees every change.
 **   idle      every client connects, then nothing happens for the duration.
+**   large     every client sends one large stanza (--stanza-kb, an IQ to the
+**             server that it answers with an error), --inflight at a time,
+**             then idles like "idle": the server's memory after large
+**             stanzas.
+**
+** --tls: every client negotiates STARTTLS (OpenSSL, TLS 1.2 or 1.3, the
+** server's certificate not verified) before it authenticates, as production
+** clients do; everything after the handshake goes through TLS.
+**
+** --probe DIR: at two moments (before the first connect, and after the
+** login burst settled) ask the server to describe its memory: write the
+** moment's name into DIR/probe.request, send SIGUSR2 to --server-pid and
+** wait until DIR/probe-<name>.txt appears (bench/e2e/mod_bench_probe.lua
+** writes it). The clients stay serviced meanwhile.
 **
 ** pingpong and presence can add a second, light window (--light-inflight K
 ** --light-duration S): the saturated window's latency is mostly queueing,
@@ -49,13 +63,17 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 /* Connection states, in the order a client walks through them. */
 enum {
-  ST_IDLE, ST_CONNECTING, ST_FEATURES1, ST_AUTH, ST_FEATURES2, ST_BIND,
-  ST_SESSION, ST_READY, ST_DEAD
+  ST_IDLE, ST_CONNECTING, ST_FEATURES1, ST_STARTTLS, ST_TLS, ST_AUTH, ST_FEATURES2,
+  ST_BIND, ST_SESSION, ST_READY, ST_DEAD
 };
 
 typedef struct Buf {
@@ -80,8 +98,11 @@ typedef struct Conn {
   char sid[16];        /* its id attribute */
   char text[40];       /* timestamp text carried by the stanza */
   size_t textlen;
+  int uploaded;        /* large: 1 sent, 2 answered */
   double started;      /* when the connect began (for timeouts) */
   XML_Parser xp;
+  SSL *ssl;            /* --tls, from <proceed/> on */
+  int tls_up;          /* the handshake is complete */
   Buf out;
 } Conn;
 
@@ -107,6 +128,13 @@ typedef struct Run {
   size_t nlat, caplat;
   uint64_t seen_lat;
   unsigned rng;
+  int tls;              /* --tls: STARTTLS before SASL */
+  SSL_CTX *sslctx;
+  const char *probe_dir;  /* --probe DIR */
+  int stanza_kb;        /* large: size of each client's stanza */
+  char *blob;           /* large: the stanza itself */
+  size_t bloblen;
+  int next_upload, uploads_done, uploads_open;
 } Run;
 
 static double now_s(void) {
@@ -153,13 +181,31 @@ static void buf_add(Buf *b, const char *s, size_t n) {
 
 static void conn_close(Run *r, Conn *c, int error);
 
+/* One write to the socket or through TLS: bytes written, 0 when it would
+** block (errno EAGAIN), -1 on error. */
+static ssize_t conn_write(Conn *c, const char *p, size_t n) {
+  if (!c->ssl) {
+    ssize_t w;
+    do w = write(c->fd, p, n); while (w < 0 && errno == EINTR);
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    return w;
+  }
+  ERR_clear_error();
+  int w = SSL_write(c->ssl, p, n > INT32_MAX ? INT32_MAX : (int)n);
+  if (w > 0) return w;
+  int e = SSL_get_error(c->ssl, w);
+  if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) { errno = EAGAIN; return 0; }
+  errno = EIO;
+  return -1;
+}
+
 /* Write what is queued; on a full socket wait for EPOLLOUT. */
 static void conn_flush(Run *r, Conn *c) {
+  if (c->ssl && !c->tls_up) return;   /* queued until the handshake is done */
   while (c->out.off < c->out.len) {
-    ssize_t n = write(c->fd, c->out.p + c->out.off, c->out.len - c->out.off);
+    ssize_t n = conn_write(c, c->out.p + c->out.off, c->out.len - c->out.off);
     if (n > 0) { c->out.off += (size_t)n; continue; }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    if (n == 0) {
       if (!c->writable_wait) {
         struct epoll_event ev = { .events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)c->idx };
         epoll_ctl(r->ep, EPOLL_CTL_MOD, c->fd, &ev);
@@ -171,6 +217,11 @@ static void conn_flush(Run *r, Conn *c) {
     return;
   }
   c->out.off = c->out.len = 0;
+  if (c->out.cap > 65536) {   /* a large stanza went out: give its buffer back */
+    free(c->out.p);
+    c->out.p = NULL;
+    c->out.cap = 0;
+  }
   if (c->writable_wait) {
     struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)c->idx };
     epoll_ctl(r->ep, EPOLL_CTL_MOD, c->fd, &ev);
@@ -332,13 +383,24 @@ static void on_top_element(Run *r, Conn *c) {
   const char *n = c->sname;
   switch (c->state) {
   case ST_FEATURES1:
-    if (strcmp(n, "stream:features") == 0) {
+    if (strcmp(n, "stream:features") == 0 && r->tls && !c->ssl) {
+      c->state = ST_STARTTLS;
+      conn_send(r, c, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    } else if (strcmp(n, "stream:features") == 0) {
       char user[64], raw[160], b64[240];
       conn_user(r, c, user, sizeof user);
       int len = snprintf(raw, sizeof raw, "%c%s%c%s", 0, user, 0, r->password);
       base64((const unsigned char *)raw, (size_t)len, b64);
       c->state = ST_AUTH;
       conn_send(r, c, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>", b64);
+    }
+    break;
+  case ST_STARTTLS:
+    if (strcmp(n, "proceed") == 0) {
+      c->restart = 2;   /* TLS starts after this chunk */
+    } else {
+      fprintf(stderr, "loadgen: client %d: STARTTLS refused (%s)\n", c->idx, n);
+      conn_close(r, c, 1);
     }
     break;
   case ST_AUTH:
@@ -372,6 +434,12 @@ static void on_top_element(Run *r, Conn *c) {
     }
     break;
   case ST_READY:
+    if (c->uploaded == 1 && strcmp(n, "iq") == 0 && strcmp(c->sid, "big") == 0) {
+      c->uploaded = 2;
+      r->uploads_open--;
+      r->uploads_done++;
+      break;
+    }
     on_stanza(r, c);
     break;
   default:
@@ -446,7 +514,9 @@ static void conn_close(Run *r, Conn *c, int error) {
   if (c->state == ST_DEAD || c->fd < 0) return;
   if (c->state != ST_READY && c->state != ST_IDLE) r->connecting--;
   else if (c->state == ST_READY) r->ready--;
+  if (c->uploaded == 1) { c->uploaded = 3; r->uploads_open--; }
   epoll_ctl(r->ep, EPOLL_CTL_DEL, c->fd, NULL);
+  if (c->ssl) { SSL_free(c->ssl); c->ssl = NULL; c->tls_up = 0; }
   close(c->fd);
   c->fd = -1;
   c->state = ST_DEAD;
@@ -499,12 +569,63 @@ static void conn_connected(Run *r, Conn *c) {
   }
 }
 
+static void set_events(Run *r, Conn *c, int out) {
+  struct epoll_event ev = { .events = EPOLLIN | (out ? EPOLLOUT : 0), .data.u32 = (uint32_t)c->idx };
+  epoll_ctl(r->ep, EPOLL_CTL_MOD, c->fd, &ev);
+  c->writable_wait = out;
+}
+
+/* Drive the TLS handshake; when it completes the stream starts over. */
+static void tls_handshake(Run *r, Conn *c) {
+  ERR_clear_error();
+  int rc = SSL_do_handshake(c->ssl);
+  if (rc == 1) {
+    c->tls_up = 1;
+    c->state = ST_FEATURES1;
+    set_events(r, c, 0);
+    send_stream_header(r, c);
+    return;
+  }
+  int e = SSL_get_error(c->ssl, rc);
+  if (e == SSL_ERROR_WANT_READ) { if (c->writable_wait) set_events(r, c, 0); return; }
+  if (e == SSL_ERROR_WANT_WRITE) { if (!c->writable_wait) set_events(r, c, 1); return; }
+  unsigned long err = ERR_get_error();
+  fprintf(stderr, "loadgen: client %d: TLS handshake failed: %s\n", c->idx,
+          err ? ERR_error_string(err, NULL) : "connection closed");
+  conn_close(r, c, 1);
+}
+
+static void tls_start(Run *r, Conn *c) {
+  c->ssl = SSL_new(r->sslctx);
+  if (c->ssl == NULL || SSL_set_fd(c->ssl, c->fd) != 1) die("SSL_new failed");
+  SSL_set_connect_state(c->ssl);
+  c->tls_up = 0;
+  c->state = ST_TLS;
+  XML_ParserReset(c->xp, "UTF-8");
+  parser_setup(c);
+  tls_handshake(r, c);
+}
+
 static void conn_readable(Run *r, Conn *c) {
   char buf[16384];
   for (;;) {
-    ssize_t n = read(c->fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    ssize_t n;
+    if (c->ssl) {
+      ERR_clear_error();
+      int k = SSL_read(c->ssl, buf, (int)sizeof buf);
+      if (k > 0) {
+        n = k;
+      } else {
+        int e = SSL_get_error(c->ssl, k);
+        if (e == SSL_ERROR_WANT_READ) return;
+        if (e == SSL_ERROR_WANT_WRITE) { if (!c->writable_wait) set_events(r, c, 1); return; }
+        n = e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
+      }
+    } else {
+      n = read(c->fd, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    }
     if (n <= 0) {
       if (!r->stopping) fprintf(stderr, "loadgen: client %d: server closed the stream\n", c->idx);
       conn_close(r, c, !r->stopping);
@@ -520,13 +641,20 @@ static void conn_readable(Run *r, Conn *c) {
     /* After <success/> the stream starts over.  The server sends nothing
     ** more until it sees our new header, so nothing is lost by resetting
     ** after this chunk. */
+    if (c->restart == 2) {   /* <proceed/>: the server waits for our ClientHello */
+      c->restart = 0;
+      tls_start(r, c);
+      return;
+    }
     if (c->restart) {
       c->restart = 0;
       XML_ParserReset(c->xp, "UTF-8");
       parser_setup(c);
       send_stream_header(r, c);
     }
-    if ((size_t)n < sizeof buf) return;
+    /* A short read emptied the socket; TLS may hold decrypted bytes, so it
+    ** reads until OpenSSL says it wants more. */
+    if (!c->ssl && (size_t)n < sizeof buf) return;
   }
 }
 
@@ -587,6 +715,10 @@ static void poll_once(Run *r, int timeout_ms) {
       if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) conn_connected(r, c);
       continue;
     }
+    if (c->state == ST_TLS) {
+      tls_handshake(r, c);
+      continue;
+    }
     if (evs[i].events & EPOLLOUT) conn_flush(r, c);
     if (c->state != ST_DEAD && (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) conn_readable(r, c);
   }
@@ -614,16 +746,87 @@ static void connect_all(Run *r, double deadline) {
       last_report = r->ready / 1000;
       fprintf(stderr, "loadgen: %d/%d clients ready\n", r->ready, r->nconn);
     }
-    if (t > deadline) die("connecting took too long (%d ready of %d)", r->ready, r->nconn);
+    if (t > deadline) {
+      /* Report what did log in rather than nothing (a server out of file
+      ** descriptors never accepts the rest); the others count as errors. */
+      fprintf(stderr, "loadgen: connecting took too long (%d ready of %d)\n", r->ready, r->nconn);
+      for (int i = 0; i < r->nconn; i++) {
+        Conn *c = &r->conns[i];
+        if (c->state != ST_READY && c->state != ST_DEAD) conn_close(r, c, 1);
+        else if (c->state == ST_IDLE) { c->state = ST_DEAD; r->dead++; r->errors++; }
+      }
+      r->next_connect = r->nconn;
+      return;
+    }
+  }
+}
+
+/* Ask the server to describe its memory now (see --probe above). */
+static void probe(Run *r, const char *label) {
+  char req[600], tmp[600], out[600];
+  if (!r->probe_dir || r->server_pid <= 0) return;
+  snprintf(out, sizeof out, "%s/probe-%s.txt", r->probe_dir, label);
+  snprintf(req, sizeof req, "%s/probe.request", r->probe_dir);
+  snprintf(tmp, sizeof tmp, "%s/probe.request.tmp", r->probe_dir);
+  unlink(out);
+  FILE *f = fopen(tmp, "w");
+  if (!f) { fprintf(stderr, "loadgen: cannot write %s\n", tmp); return; }
+  fprintf(f, "%s\n", label);
+  fclose(f);
+  if (rename(tmp, req) != 0) { fprintf(stderr, "loadgen: cannot write %s\n", req); return; }
+  kill(r->server_pid, SIGUSR2);
+  double deadline = now_s() + 120;
+  struct stat st;
+  while (stat(out, &st) != 0) {
+    if (now_s() > deadline) { fprintf(stderr, "loadgen: probe %s: no answer from the server\n", label); return; }
+    poll_once(r, 20);
+  }
+}
+
+/* large: the stanza every client sends once. */
+static void make_blob(Run *r) {
+  size_t n = (size_t)r->stanza_kb * 1024;
+  char head[256];
+  int h = snprintf(head, sizeof head, "<iq type='set' id='big' to='%s'><blob xmlns='urn:brisk:bench:blob'>", r->domain);
+  const char *tail = "</blob></iq>";
+  size_t t = strlen(tail);
+  r->bloblen = (size_t)h + n + t;
+  r->blob = malloc(r->bloblen);
+  if (!r->blob) die("out of memory");
+  memcpy(r->blob, head, (size_t)h);
+  static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (size_t i = 0; i < n; i++) r->blob[(size_t)h + i] = b64[(i * 7 + i / 64) & 63];
+  memcpy(r->blob + h + n, tail, t);
+}
+
+/* large: every ready client sends the stanza, at most --inflight at once,
+** until each got its answer (or the deadline passed). */
+static void upload_all(Run *r, double deadline) {
+  while (r->next_upload < r->nconn || r->uploads_open > 0) {
+    while (r->uploads_open < r->inflight && r->next_upload < r->nconn) {
+      Conn *c = &r->conns[r->next_upload++];
+      if (c->state != ST_READY) continue;
+      c->uploaded = 1;
+      r->uploads_open++;
+      buf_add(&c->out, r->blob, r->bloblen);
+      conn_flush(r, c);
+    }
+    poll_once(r, 20);
+    if (now_s() > deadline) {
+      fprintf(stderr, "loadgen: uploads took too long (%d done)\n", r->uploads_done);
+      r->errors++;
+      return;
+    }
   }
 }
 
 static void usage(void) {
   fprintf(stderr,
-    "usage: loadgen --scenario pingpong|presence|idle --port N [--host 127.0.0.1]\n"
+    "usage: loadgen --scenario pingpong|presence|idle|large --port N [--host 127.0.0.1]\n"
     "  [--domain localhost] [--clients N] [--prefix u] [--password pw] [--ctl ctl]\n"
     "  [--duration S] [--warmup S] [--inflight K] [--concurrency N] [--server-pid PID]\n"
-    "  [--light-inflight K --light-duration S] [--connect-timeout S]\n");
+    "  [--light-inflight K --light-duration S] [--connect-timeout S]\n"
+    "  [--tls 1] [--tls-max 1.2|1.3] [--probe DIR] [--stanza-kb N]\n");
   exit(2);
 }
 
@@ -635,7 +838,8 @@ int main(int argc, char **argv) {
   r->scenario = NULL; r->port = 0; r->nclients = 100; r->inflight = 64;
   r->concurrency = 100; r->duration = 5; r->warmup = 1; r->connect_timeout = 30;
   r->light_inflight = 0; r->light_duration = 0;
-  const char *ctl = "ctl";
+  const char *ctl = "ctl", *tls_max = NULL;
+  r->stanza_kb = 500;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!v) usage();
@@ -656,6 +860,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--connect-timeout")) r->connect_timeout = atof(v);
     else if (!strcmp(a, "--light-inflight")) r->light_inflight = atoi(v);
     else if (!strcmp(a, "--light-duration")) r->light_duration = atof(v);
+    else if (!strcmp(a, "--tls")) r->tls = atoi(v) != 0;
+    else if (!strcmp(a, "--tls-max")) { r->tls = 1; tls_max = v; }
+    else if (!strcmp(a, "--probe")) r->probe_dir = v;
+    else if (!strcmp(a, "--stanza-kb")) r->stanza_kb = atoi(v);
     else usage();
   }
   if (!r->scenario || r->port <= 0 || r->nclients < 2 || r->nclients > 1000000 ||
@@ -663,7 +871,20 @@ int main(int argc, char **argv) {
       r->light_inflight < 0 || r->light_duration < 0 || r->light_duration > 3600)
     usage();
   int is_pp = !strcmp(r->scenario, "pingpong"), is_pres = !strcmp(r->scenario, "presence");
-  if (!is_pp && !is_pres && strcmp(r->scenario, "idle") != 0) usage();
+  int is_large = !strcmp(r->scenario, "large");
+  if (!is_pp && !is_pres && !is_large && strcmp(r->scenario, "idle") != 0) usage();
+  if (is_large && (r->stanza_kb < 1 || r->stanza_kb > 100000)) usage();
+  if (is_large) make_blob(r);
+  if (r->tls) {
+    r->sslctx = SSL_CTX_new(TLS_client_method());
+    if (!r->sslctx) die("SSL_CTX_new failed");
+    SSL_CTX_set_min_proto_version(r->sslctx, TLS1_2_VERSION);
+    if (tls_max && !strcmp(tls_max, "1.2")) SSL_CTX_set_max_proto_version(r->sslctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(r->sslctx, SSL_VERIFY_NONE, NULL);
+    SSL_CTX_set_session_cache_mode(r->sslctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_mode(r->sslctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                     SSL_MODE_RELEASE_BUFFERS);
+  }
   if (is_pres) r->ctl = ctl;
   if (is_pp && r->inflight > pairs(r)) r->inflight = pairs(r);
   if (is_pres && r->inflight > r->nclients) r->inflight = r->nclients;
@@ -683,6 +904,7 @@ int main(int argc, char **argv) {
 
   /* Phase 1: log everybody in; the server's cost of that is reported too. */
   long rss0 = proc_rss_kb(r->server_pid);
+  probe(r, "base");
   double scpu0 = proc_cpu(r->server_pid), lcpu0 = self_cpu(), tc0 = now_s();
   connect_all(r, tc0 + r->connect_timeout * 4 + r->nconn / 50.0);
   double tc1 = now_s(), scpu_login = proc_cpu(r->server_pid) - scpu0;
@@ -690,12 +912,25 @@ int main(int argc, char **argv) {
   fprintf(stderr, "loadgen: %d clients ready in %.2f s (%d failed)\n", r->ready, tc1 - tc0, r->dead);
   if (r->ready == 0) die("no client could log in");
 
+  /* Phase 1b (large): every client sends its large stanza. */
+  double upload_s = 0, upload_cpu = 0;
+  if (is_large) {
+    double tu0 = now_s(), su0 = proc_cpu(r->server_pid);
+    upload_all(r, tu0 + 60 + r->nconn * (double)r->stanza_kb / 20000.0);
+    upload_s = now_s() - tu0;
+    upload_cpu = proc_cpu(r->server_pid) - su0;
+    fprintf(stderr, "loadgen: %d large stanzas answered in %.2f s\n", r->uploads_done, upload_s);
+  }
+
   /* Phase 2: let the login burst (initial presence, probes) settle. */
   double tw = now_s() + r->warmup;
   while (now_s() < tw) poll_once(r, 20);
   long rss1 = proc_rss_kb(r->server_pid);
+  probe(r, "ready");
 
-  /* Phase 3: the measured window. */
+  /* Phase 3: the measured window (bracketed by two counter-only probes,
+  ** which the server answers without collecting garbage). */
+  probe(r, "mark-start");
   double scpu1 = proc_cpu(r->server_pid), lcpu1 = self_cpu();
   r->measuring = 1;
   r->gen = 1;
@@ -712,6 +947,7 @@ int main(int argc, char **argv) {
   r->measuring = 0;
   uint64_t received = r->received, received_msg = r->received_msg, received_pres = r->received_pres;
   uint64_t sent = r->sent, samples = r->seen_lat;
+  probe(r, "mark-end");
   qsort(r->lat, r->nlat, sizeof *r->lat, cmp_u32);
   double p50 = percentile(r->lat, r->nlat, 0.50), p90 = percentile(r->lat, r->nlat, 0.90);
   double p99 = percentile(r->lat, r->nlat, 0.99), pmax = r->nlat ? r->lat[r->nlat - 1] / 1000.0 : 0.0;
@@ -720,8 +956,8 @@ int main(int argc, char **argv) {
   ** mostly queueing (Little's law: in flight / throughput); with only a few
   ** tokens in flight it shows the cost of one stanza and the pauses (GC,
   ** timers) that hit it.  Tokens of the first window drain first. */
-  double lp50 = 0, lp99 = 0;
-  uint64_t lsamples = 0;
+  double lp50 = 0, lp99 = 0, lcpu = 0, lsecs = 0;
+  uint64_t lsamples = 0, lreceived = 0;
   if ((is_pp || is_pres) && r->light_inflight > 0 && r->light_duration > 0) {
     double td = now_s() + 1.0;
     while (now_s() < td) poll_once(r, 20);
@@ -731,6 +967,9 @@ int main(int argc, char **argv) {
     if (is_pp && r->inflight > pairs(r)) r->inflight = pairs(r);
     if (is_pres && r->inflight > r->nclients) r->inflight = r->nclients;
     r->gen = 2;
+    probe(r, "mark-light-start");
+    uint64_t lrec0 = r->received;
+    double lc0 = proc_cpu(r->server_pid), lt0 = now_s();
     r->measuring = 1;
     if (is_pp)
       for (int k = 0; k < r->inflight; k++) send_ping(r, (int)((long)k * pairs(r) / r->inflight), 0);
@@ -738,7 +977,11 @@ int main(int argc, char **argv) {
       for (int k = 0; k < r->inflight; k++) send_presence(r, (int)((long)k * r->nclients / r->inflight));
     double tl = now_s() + r->light_duration;
     while (now_s() < tl) poll_once(r, 5);
+    lcpu = proc_cpu(r->server_pid) - lc0;
+    lsecs = now_s() - lt0;
     r->measuring = 0;
+    lreceived = r->received - lrec0;
+    probe(r, "mark-light-end");
     qsort(r->lat, r->nlat, sizeof *r->lat, cmp_u32);
     lp50 = percentile(r->lat, r->nlat, 0.50);
     lp99 = percentile(r->lat, r->nlat, 0.99);
@@ -796,7 +1039,9 @@ int main(int argc, char **argv) {
          "login_s=%.3f login_cpu_s=%.3f loadgen_cpu_s=%.3f loadgen_util=%.3f loadgen_login_cpu_s=%.3f "
          "rss_start_kb=%ld rss_ready_kb=%ld rss_end_kb=%ld rss_per_client_kb=%.2f "
          "resync_devices=%d resync_ms=%.1f resync_cpu_s=%.3f "
-         "light_inflight=%d light_p50_ms=%.3f light_p99_ms=%.3f light_samples=%llu\n",
+         "light_inflight=%d light_p50_ms=%.3f light_p99_ms=%.3f light_samples=%llu "
+         "tls=%d uploads=%d upload_s=%.3f upload_cpu_s=%.3f stanza_kb=%d "
+         "light_received=%llu light_seconds=%.3f light_server_cpu_s=%.3f\n",
          r->scenario, r->nclients, r->nconn, logged_in, (unsigned long long)r->errors, inflight, secs,
          (unsigned long long)sent, (unsigned long long)received,
          (unsigned long long)received_msg, (unsigned long long)received_pres,
@@ -805,13 +1050,17 @@ int main(int argc, char **argv) {
          tc1 - tc0, scpu_login, lcpu2 - lcpu1, (lcpu2 - lcpu1) / secs, lcpu1 - lcpu0,
          rss0, rss1, rss2, logged_in ? (double)(rss1 - rss0) / logged_in : 0.0,
          resync_devices, resync_ms, resync_cpu,
-         r->light_inflight, lp50, lp99, (unsigned long long)lsamples);
+         r->light_inflight, lp50, lp99, (unsigned long long)lsamples,
+         r->tls, r->uploads_done, upload_s, upload_cpu, is_large ? r->stanza_kb : 0,
+         (unsigned long long)lreceived, lsecs, lcpu);
   for (int i = 0; i < r->nconn; i++) {
     if (r->conns[i].xp) XML_ParserFree(r->conns[i].xp);
     free(r->conns[i].out.p);
   }
   free(r->conns);
   free(r->lat);
+  free(r->blob);
+  if (r->sslctx) SSL_CTX_free(r->sslctx);
   free(r->seen);
   close(r->ep);
   return r->errors > (uint64_t)r->nconn / 100 ? 1 : 0;
