@@ -40,7 +40,9 @@ describe("soak (" .. SECONDS .. " s, Brisk modules: " .. H.describe_modules(mods
 	for i = 1, USERS do accounts["u" .. i] = "pw"; end
 
 	setup(function ()
-		local opts = H.brisk_options({ accounts = accounts, log_level = "info" }, mods);
+		local opts = H.brisk_options({ accounts = accounts, log_level = "info",
+			-- the GC docs/scaling.md and examples/prosody.cfg.lua recommend
+			config = { gc = { mode = "incremental", threshold = 120, speed = 400 } } }, mods);
 		if asan then
 			-- A small quarantine, so that ASan's own holding of freed memory
 			-- does not look like growth (the default holds up to 256 MB).

@@ -52,7 +52,10 @@ void *xml_counted_realloc(Account *a, void *ptr, size_t size) {
   if (xml_injected_failure(owner->mod)) return NULL;
   n = (AllocHeader *)lua_realloc(owner->mod, h, h ? CHARGE(h->size) : 0, CHARGE(size));
   if (n == NULL) return NULL;
-  if (h) owner->bytes -= CHARGE(n->size);
+  if (h) {
+    owner->bytes -= CHARGE(n->size);
+    if (size < n->size) owner->mod->freed += n->size - size;
+  }
   n->owner = owner;
   n->size = size;
   owner->bytes += CHARGE(size);
@@ -64,6 +67,7 @@ void xml_counted_free(void *ptr) {
   if (ptr == NULL) return;
   h = (AllocHeader *)ptr - 1;
   h->owner->bytes -= CHARGE(h->size);
+  h->owner->mod->freed += CHARGE(h->size);
   lua_realloc(h->owner->mod, h, CHARGE(h->size), 0);
 }
 
@@ -143,6 +147,7 @@ void xml_region_free(XML_Parser p, Region *r) {
   if (r == NULL) return;
   if (p && r->acct.bytes > SLAB_CHARGE) XML_ParserFree(p);
   UNPOISON(r + 1, SLAB_SIZE);
+  r->acct.mod->freed += SLAB_CHARGE;
   lua_realloc(r->acct.mod, r, SLAB_CHARGE, 0);
 }
 

@@ -558,8 +558,15 @@ static int write_attrs(lua_State *L, Out *o, int attr, int nsslot) {
 */
 #define SLOTS 5
 
-/* Stack slots the walk reserves at a time. */
-#define STACK_CHUNK 160
+/*
+** Stack slots the walk reserves at a time: enough for a stanza three
+** elements deep, the common case; deeper ones grow it a chunk at a time.
+** Keep it small: stanzas are serialized on the sending session's coroutine,
+** whose stack the collector shrinks in every cycle, so a large reservation
+** regrew a 4-8 KiB stack on nearly every tostring() at fleet scale (160
+** made presence churn 14% slower than stock; docs/benchmarks.md).
+*/
+#define STACK_CHUNK 32
 
 /*
 ** Serialize the value at index root into o. Returns 1 on success, 0 when

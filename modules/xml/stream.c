@@ -20,6 +20,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "xml.h"
 
@@ -734,7 +737,9 @@ static int l_set_limits(lua_State *L) {
 ** hibernate([idle_seconds]): hibernate every stream that has been eligible
 ** (see "hibernation") for at least idle_seconds (default 0: all eligible
 ** ones). Streams inside a feed are left alone. Returns how many it
-** hibernated now, how many are hibernating, and how many streams there are.
+** hibernated now, how many are hibernating, how many streams there are, and
+** how many bytes of C memory brisk.xml has freed since the last
+** release_memory() (hibernation, closed streams, shrunk buffers).
 */
 static int l_hibernate(lua_State *L) {
   Module *m = (Module *)lua_touserdata(L, lua_upvalueindex(1));
@@ -756,7 +761,29 @@ static int l_hibernate(lua_State *L) {
   lua_pushinteger(L, now_done);
   lua_pushinteger(L, hibernating);
   lua_pushinteger(L, n);
-  return 3;
+  lua_pushinteger(L, (lua_Integer)m->freed);
+  return 4;
+}
+
+/*
+** release_memory(): ask malloc to give the operating system back the pages
+** it holds free. Hibernation frees about 12 KiB per idle stream, but glibc
+** keeps freed blocks that sit between live ones (Lua objects allocated
+** since) and returns memory on its own only from the top of its heap, so
+** without this the process's RSS does not shrink. malloc_trim(0) releases
+** every whole free page (madvise), costing a walk over malloc's free lists.
+** Returns true when memory was released, false when none was, fail where
+** the C library has no such call (the memory stays reusable there).
+*/
+static int l_release_memory(lua_State *L) {
+  Module *m = (Module *)lua_touserdata(L, lua_upvalueindex(1));
+  m->freed = 0;
+#if defined(__GLIBC__)
+  lua_pushboolean(L, malloc_trim(0));
+#else
+  luaL_pushfail(L);
+#endif
+  return 1;
 }
 
 /* What a stream's parsers hold (with the Regions themselves). */
@@ -865,7 +892,7 @@ static const luaL_Reg stream_meta[] = {
 
 /*
 ** Register the stream functions in the module table at index mod: parser,
-** set_limits, hibernate and memory, sharing one Module (and one string
+** set_limits, hibernate, memory and release_memory, sharing one Module (and one string
 ** cache) per Lua state.
 */
 void xml_open_stream(lua_State *L, int mod) {
@@ -902,6 +929,9 @@ void xml_open_stream(lua_State *L, int mod) {
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, l_memory, 1);
   lua_setfield(L, mod, "memory");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_release_memory, 1);
+  lua_setfield(L, mod, "release_memory");
   lua_pushcclosure(L, l_fail_alloc, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "brisk.xml.fail_alloc");
 }

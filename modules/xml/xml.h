@@ -106,6 +106,9 @@ typedef struct Module {
   lua_Integer fail_countdown;
   /* hash salts for rebuilt parsers (see wake_salt) */
   uint64_t salt_key, salt_count;
+  /* bytes of C memory given back to the allocator since the last
+  ** release_memory(): what malloc may now hold free (hibernate() reports it) */
+  size_t freed;
 } Module;
 
 typedef struct Stream {
