@@ -29,8 +29,8 @@
 -- --profile (implies --alloc and --keep) also runs a sampling profiler in
 -- each server during the measured window: <server dir>/profile.txt;
 -- --profile=calls counts every Lua call instead (exact, slow).
--- --study=gc|settings|tls runs one of the studies behind docs/scaling.md
--- instead of the comparison (see study_* below).
+-- --study=gc|settings|tls|same-gc runs one of the studies behind
+-- docs/scaling.md instead of the comparison (see study_* below).
 --
 -- Prints a Markdown section; with env BENCH_TSV=<file> it also appends
 -- area<TAB>label<TAB>stock<TAB>brisk<TAB>unit rows (higher is better).
@@ -56,7 +56,7 @@ for _, a in ipairs(arg) do
 	elseif a == "--profile=calls" then alloc, profile, keep = true, "calls", true;
 	else
 		io.stderr:write("usage: lua5.4 bench/e2e.lua [--quick] [--keep] [--breakdown] [--alloc] "
-			.. "[--only=scenario,...] [--study=gc|settings|tls]\n");
+			.. "[--only=scenario,...] [--study=gc|settings|tls|same-gc]\n");
 		os.exit(2);
 	end
 end
@@ -72,8 +72,8 @@ do
 			os.exit(2);
 		end
 	end
-	if study and study ~= "gc" and study ~= "settings" and study ~= "tls" then
-		io.stderr:write("e2e: --study takes gc, settings or tls\n");
+	if study and study ~= "gc" and study ~= "settings" and study ~= "tls" and study ~= "same-gc" then
+		io.stderr:write("e2e: --study takes gc, settings, tls or same-gc\n");
 		os.exit(2);
 	end
 end
@@ -1283,6 +1283,70 @@ local function study_tls()
 	run_details(results, vs, { "idle", "tls-idle" });
 end
 
+-- --study=same-gc: stock and Brisk under the same GC, for each of Prosody's
+-- default, the recommended setting and generational mode (issue 13: presence
+-- churn at least stock's in both modes), and Brisk without mod_brisk_util
+-- under the recommended GC (issue 15: what brisk.jid and brisk.heap alone
+-- gain end to end). Ping-pong and presence, BENCH_E2E_ROUNDS rounds (1 by
+-- default), medians.
+local function study_same_gc()
+	local settings = scale_settings(accounts + 1);
+	local no_util = {};
+	for m, on in pairs(all_brisk) do if m ~= "util" then no_util[m] = on; end end
+	local gcs = {
+		{ "default", "Prosody's default (incremental 105/500)", nil },
+		{ "rec", "recommended (" .. gc_label(RECOMMENDED_GC) .. ")", RECOMMENDED_GC },
+		{ "gen", "generational", { mode = "generational" } },
+	};
+	local vs = {};
+	for _, g in ipairs(gcs) do
+		vs[#vs + 1] = { name = "stock " .. g[1], title = "stock", mods = {}, gc = g[3], settings = settings };
+		vs[#vs + 1] = { name = "brisk " .. g[1], title = "Brisk", mods = all_brisk, gc = g[3], settings = settings };
+		if g[1] == "rec" and all_brisk.util then
+			vs[#vs + 1] = { name = "brisk-noutil rec", title = "Brisk without brisk_util", mods = no_util,
+				gc = g[3], settings = settings };
+		end
+	end
+	local rounds = tonumber(os.getenv("BENCH_E2E_ROUNDS")) or 1;
+	local scs = {};
+	for _, sc in ipairs({ "pingpong", "presence" }) do
+		if not only or only[sc] then scs[#scs + 1] = sc; end
+	end
+	local results = run_all(vs, scs, function (sc)
+		local s = {};
+		for k, v in pairs(sizes[sc]) do s[k] = v; end
+		s.rounds, s.light = rounds, nil;
+		return s;
+	end, function (_, size) return { iterations = size.iterations }; end);
+	local function cpu(name, sc)
+		local list = results[name] and results[name][sc];
+		if not list or #list == 0 then return nil; end
+		local vals = {};
+		for _, r in ipairs(list) do vals[#vals + 1] = r.server_cpu_per_100k; end
+		return median(vals);
+	end
+	p("### Stock and Brisk under the same GC (--study=same-gc)");
+	p();
+	p(("Prosody %s, load average at the end %s; ping-pong %d clients, %g s; presence %d devices, %g s; %d round(s), medians; configurations alternate.")
+		:format(prosody_version(), load_average(), sizes.pingpong.clients, sizes.pingpong.duration,
+			sizes.presence.clients, sizes.presence.duration, rounds));
+	p();
+	p("| GC | Scenario | stock | Brisk | Brisk / stock (CPU per stanza) | Brisk gain | Brisk without brisk_util | brisk_util's gain |");
+	p("|---|---|---:|---:|---:|---:|---:|---:|");
+	for _, g in ipairs(gcs) do
+		for _, sc in ipairs(scs) do
+			local a, b, c = cpu("stock " .. g[1], sc), cpu("brisk " .. g[1], sc), cpu("brisk-noutil " .. g[1], sc);
+			p(("| %s | %s | %s | %s | %s | %s | %s | %s |"):format(g[2], sc, fmt(a), fmt(b),
+				(a and b) and ("%.2f"):format(b / a) or "n/a", (a and b) and ("%.2f×"):format(a / b) or "n/a",
+				c and fmt(c) or "", (b and c) and ("%.2f×"):format(c / b) or ""));
+		end
+	end
+	p();
+	p("Figures: server CPU s per 100k stanzas delivered (lower is better); gains above 1 mean Brisk (or brisk_util) is better.");
+	p();
+	run_details(results, vs, scs);
+end
+
 -- ---------------------------------------------------------------------------
 
 if study == "gc" then
@@ -1291,6 +1355,8 @@ elseif study == "settings" then
 	study_settings();
 elseif study == "tls" then
 	study_tls();
+elseif study == "same-gc" then
+	study_same_gc();
 else
 	local scenarios = {};
 	for _, sc in ipairs(SCENARIOS) do
