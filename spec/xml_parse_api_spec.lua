@@ -134,7 +134,7 @@ describe("brisk.xml.new", function ()
 		local keys = {}
 		for k in pairs(brisk) do keys[#keys + 1] = k end
 		table.sort(keys)
-		assert.same({ "_VERSION", "hibernate", "memory", "parser", "serializer", "set_limits", "xml_escape" }, keys)
+		assert.same({ "_VERSION", "hibernate", "memory", "parser", "release_memory", "serializer", "set_limits", "xml_escape" }, keys)
 		-- a C constructor per call, sharing the module's state
 		assert.is_function(brisk.parser(st.stanza_mt, false))
 		assert.has_error(function () brisk.parser(nil) end)

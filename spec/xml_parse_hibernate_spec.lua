@@ -333,6 +333,10 @@ describe("brisk.xml parser hibernation", function ()
 	end)
 
 	it("counts what it freed until release_memory() hands free pages back", function ()
+		-- the collector would free other specs' streams in between, adding to the count
+		collectgarbage()
+		collectgarbage("stop")
+		finally(function () collectgarbage("restart") end)
 		local released = brisk.release_memory()
 		assert.truthy(released == true or released == false) -- glibc: malloc_trim's answer
 		assert.equal(0, select(4, brisk.hibernate(30)))
