@@ -187,14 +187,6 @@ local function list_dir(dir)
 	return ok and names or nil;
 end
 
-local function read_file(path)
-	local f, err = io.open(path, "rb");
-	if not f then return nil, err; end
-	local data = f:read("a");
-	f:close();
-	return data;
-end
-
 local function load_scripts(paths, script_config)
 	local set, errors = scripts_lib.load(scripts_lib.expand(paths, list_dir), {
 		log = log;
@@ -203,7 +195,7 @@ local function load_scripts(paths, script_config)
 		config = script_config;
 		now = time_now;
 		json = { encode = json.encode, decode = json.decode };
-		read_file = read_file;
+		read_file = config.read_file;
 	});
 	for _, e in ipairs(errors) do
 		module:log("error", "Hook script not loaded: %s", e);

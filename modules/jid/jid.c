@@ -218,33 +218,42 @@ static int l_compare(lua_State *L) {
   return 1;
 }
 
-/* join(node, host, resource) */
-static int l_join(lua_State *L) {
-  int i;
+/*
+** Push node@host/resource, as stock's join concatenates it, from the values
+** at node, node + 1 (the host, a string) and node + 2 (node and resource
+** strings or nil). Returns 1, the count of results.
+*/
+static int push_joined(lua_State *L, int node) {
   luaL_Buffer b;
-  lua_settop(L, 3);
-  if (lua_isnil(L, 2)) return 0;
-  for (i = 1; i <= 3; i++)
-    if (!lua_isnil(L, i) && lua_type(L, i) != LUA_TSTRING) return delegate(L);
-  if (lua_isnil(L, 1) && lua_isnil(L, 3)) {
-    lua_settop(L, 2);
+  if (lua_isnil(L, node) && lua_isnil(L, node + 2)) {
+    lua_pushvalue(L, node + 1);
     return 1;
   }
   luaL_buffinit(L, &b);
-  if (!lua_isnil(L, 1)) {
-    lua_pushvalue(L, 1);
+  if (!lua_isnil(L, node)) {
+    lua_pushvalue(L, node);
     luaL_addvalue(&b);
     luaL_addchar(&b, '@');
   }
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, node + 1);
   luaL_addvalue(&b);
-  if (!lua_isnil(L, 3)) {
+  if (!lua_isnil(L, node + 2)) {
     luaL_addchar(&b, '/');
-    lua_pushvalue(L, 3);
+    lua_pushvalue(L, node + 2);
     luaL_addvalue(&b);
   }
   luaL_pushresult(&b);
   return 1;
+}
+
+/* join(node, host, resource) */
+static int l_join(lua_State *L) {
+  int i;
+  lua_settop(L, 3);
+  if (lua_isnil(L, 2)) return 0;
+  for (i = 1; i <= 3; i++)
+    if (!lua_isnil(L, i) && lua_type(L, i) != LUA_TSTRING) return delegate(L);
+  return push_joined(L, 1);
 }
 
 /* ------------------------------------------------------------ stringprep */
@@ -353,7 +362,6 @@ static int l_prep(lua_State *L) {
   const char *s = NULL;
   size_t len = 0;
   int same, plain, k = jid_arg(L, 1, &s, &len);
-  luaL_Buffer b;
   if (k < 0 || !strict_ok(L, 2)) return delegate(L);
   if (k == 0) return 0;
   lua_settop(L, 2);
@@ -367,25 +375,7 @@ static int l_prep(lua_State *L) {
     return delegate(L);
   }
   /* stack: 1 jid, 2 strict, 3 node, 4 host, 5 resource */
-  if (lua_isnil(L, 3) && lua_isnil(L, 5)) {
-    lua_settop(L, 4);
-    return 1;
-  }
-  luaL_buffinit(L, &b);
-  if (!lua_isnil(L, 3)) {
-    lua_pushvalue(L, 3);
-    luaL_addvalue(&b);
-    luaL_addchar(&b, '@');
-  }
-  lua_pushvalue(L, 4);
-  luaL_addvalue(&b);
-  if (!lua_isnil(L, 5)) {
-    luaL_addchar(&b, '/');
-    lua_pushvalue(L, 5);
-    luaL_addvalue(&b);
-  }
-  luaL_pushresult(&b);
-  return 1;
+  return push_joined(L, 3);
 }
 
 /* ------------------------------------------------------- escaping */

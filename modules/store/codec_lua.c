@@ -24,6 +24,19 @@ static Buffer *new_scratch(lua_State *L) {
   return b;
 }
 
+/* What an encoding into b gave: its bytes, or fail and err. Frees b's memory. */
+static int push_encoded(lua_State *L, Buffer *b, const char *err) {
+  if (err) {
+    store_buffer_free(L, b);
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)b->p, b->n);
+  store_buffer_free(L, b);
+  return 1;
+}
+
 /* The optional stanza metatable argument: its index, or 0 when absent. */
 static int opt_stanza_mt(lua_State *L, int arg) {
   if (lua_isnoneornil(L, arg)) return 0;
@@ -54,15 +67,7 @@ static int l_pack(lua_State *L) {
     store_put(L, b, sum, STORE_CHECKSUM);
     if (b->oom) err = "out of memory";
   }
-  if (err) {
-    store_buffer_free(L, b);
-    luaL_pushfail(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  lua_pushlstring(L, (const char *)b->p, b->n);
-  store_buffer_free(L, b);
-  return 1;
+  return push_encoded(L, b, err);
 }
 
 static int l_unpack(lua_State *L) {
@@ -155,15 +160,7 @@ static int l_encode_raw(lua_State *L) {
   if (k == 0) err = store_encode_value(L, b, 2, smt);
   else if (store_encode_item(L, b, 2, smt, dict, names, &err) < 0 && !err) err = "encoding failed";
   if (!err && b->oom) err = "out of memory";
-  if (err) {
-    store_buffer_free(L, b);
-    luaL_pushfail(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  lua_pushlstring(L, (const char *)b->p, b->n);
-  store_buffer_free(L, b);
-  return 1;
+  return push_encoded(L, b, err);
 }
 
 const luaL_Reg store_buffer_meta[] = {

@@ -47,6 +47,8 @@ function M.read(get)
 	return options;
 end
 
+-- A whole file's bytes, or nil and io.open's message (secret files here,
+-- and mod_brisk_iot's hook scripts).
 local function read_file(path)
 	local f, err = io.open(path, "rb");
 	if not f then return nil, err; end
@@ -54,6 +56,7 @@ local function read_file(path)
 	f:close();
 	return data;
 end
+M.read_file = read_file;
 
 -- iot_rules must be a list: the engine reads rules by position.
 local function check_list(rules)
