@@ -890,6 +890,15 @@ static const luaL_Reg stream_meta[] = {
 };
 
 
+/* The module functions that share the Module as their one upvalue. */
+static const luaL_Reg module_funcs[] = {
+  {"set_limits", l_set_limits},
+  {"hibernate", l_hibernate},
+  {"memory", l_memory},
+  {"release_memory", l_release_memory},
+  {NULL, NULL}
+};
+
 /*
 ** Register the stream functions in the module table at index mod: parser,
 ** set_limits, hibernate, memory and release_memory, sharing one Module (and one string
@@ -920,18 +929,10 @@ void xml_open_stream(lua_State *L, int mod) {
   lua_setiuservalue(L, -2, 1);
   lua_pushcclosure(L, l_parser, 2);      /* the Module, the cache */
   lua_setfield(L, mod, "parser");
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, l_set_limits, 1);
-  lua_setfield(L, mod, "set_limits");
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, l_hibernate, 1);
-  lua_setfield(L, mod, "hibernate");
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, l_memory, 1);
-  lua_setfield(L, mod, "memory");
-  lua_pushvalue(L, -1);
-  lua_pushcclosure(L, l_release_memory, 1);
-  lua_setfield(L, mod, "release_memory");
+  lua_pushvalue(L, mod);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, module_funcs, 1);     /* the Module their upvalue */
+  lua_pop(L, 1);
   lua_pushcclosure(L, l_fail_alloc, 1);
   lua_setfield(L, LUA_REGISTRYINDEX, "brisk.xml.fail_alloc");
 }
