@@ -871,29 +871,27 @@ local function report_comparison(results, scenarios)
 		p();
 	end
 
-	local metrics = {
-		{ "pingpong", "throughput", "stanzas/s", function (r) return r.rate; end },
-		{ "pingpong", "server CPU per 100k stanzas", "CPU s", function (r) return r.server_cpu_per_100k; end, lower = true,
-			chart = { "efficiency", function (v) return 1e5 / v; end, "stanzas per server CPU s" } },
-		{ "pingpong", "Lua allocated per stanza", "bytes", alloc_per_stanza, lower = true, optional = true },
-		{ "pingpong", "server RSS per client after the window", "KiB", rss_under_load, lower = true },
-		{ "pingpong", "latency p50, saturated", "ms", function (r) return r.p50_ms; end, lower = true },
-		{ "pingpong", "latency p99, saturated", "ms", function (r) return r.p99_ms; end, lower = true },
-		{ "pingpong", "latency p50, light load", "ms", function (r) return r.light_samples > 0 and r.light_p50_ms or nil; end, lower = true },
-		{ "pingpong", "latency p99, light load", "ms", function (r) return r.light_samples > 0 and r.light_p99_ms or nil; end, lower = true },
-		{ "pingpong", "server CPU per 100k stanzas, light load", "CPU s", cpu_per_100k_light, lower = true },
-		{ "pingpong", "Lua allocated per stanza, light load", "bytes", alloc_per_stanza_light, lower = true, optional = true },
-		{ "presence", "throughput", "stanzas/s", function (r) return r.rate; end },
-		{ "presence", "server CPU per 100k stanzas", "CPU s", function (r) return r.server_cpu_per_100k; end, lower = true,
-			chart = { "efficiency", function (v) return 1e5 / v; end, "stanzas per server CPU s" } },
-		{ "presence", "Lua allocated per stanza", "bytes", alloc_per_stanza, lower = true, optional = true },
-		{ "presence", "server RSS per client after the window", "KiB", rss_under_load, lower = true },
-		{ "presence", "latency p50, saturated", "ms", function (r) return r.p50_ms; end, lower = true },
-		{ "presence", "latency p99, saturated", "ms", function (r) return r.p99_ms; end, lower = true },
-		{ "presence", "latency p50, light load", "ms", function (r) return r.light_samples > 0 and r.light_p50_ms or nil; end, lower = true },
-		{ "presence", "latency p99, light load", "ms", function (r) return r.light_samples > 0 and r.light_p99_ms or nil; end, lower = true },
-		{ "presence", "server CPU per 100k stanzas, light load", "CPU s", cpu_per_100k_light, lower = true },
-		{ "presence", "Lua allocated per stanza, light load", "bytes", alloc_per_stanza_light, lower = true, optional = true },
+	-- The rows ping-pong and presence share, in this order.
+	local function load_metrics(sc)
+		return {
+			{ sc, "throughput", "stanzas/s", function (r) return r.rate; end },
+			{ sc, "server CPU per 100k stanzas", "CPU s", function (r) return r.server_cpu_per_100k; end, lower = true,
+				chart = { "efficiency", function (v) return 1e5 / v; end, "stanzas per server CPU s" } },
+			{ sc, "Lua allocated per stanza", "bytes", alloc_per_stanza, lower = true, optional = true },
+			{ sc, "server RSS per client after the window", "KiB", rss_under_load, lower = true },
+			{ sc, "latency p50, saturated", "ms", function (r) return r.p50_ms; end, lower = true },
+			{ sc, "latency p99, saturated", "ms", function (r) return r.p99_ms; end, lower = true },
+			{ sc, "latency p50, light load", "ms", function (r) return r.light_samples > 0 and r.light_p50_ms or nil; end, lower = true },
+			{ sc, "latency p99, light load", "ms", function (r) return r.light_samples > 0 and r.light_p99_ms or nil; end, lower = true },
+			{ sc, "server CPU per 100k stanzas, light load", "CPU s", cpu_per_100k_light, lower = true },
+			{ sc, "Lua allocated per stanza, light load", "bytes", alloc_per_stanza_light, lower = true, optional = true },
+		};
+	end
+	local metrics = {};
+	for _, sc in ipairs({ "pingpong", "presence" }) do
+		for _, m in ipairs(load_metrics(sc)) do metrics[#metrics + 1] = m; end
+	end
+	for _, m in ipairs({
 		{ "presence", "controller re-login until it has every device's presence", "ms",
 			function (r) return r.resync_ms >= 0 and r.resync_ms or nil; end, lower = true,
 			chart = { "controller re-login speed", function (v) return 1000 / v; end, "re-logins/s" } },
@@ -914,7 +912,7 @@ local function report_comparison(results, scenarios)
 		{ "tls-pingpong", "server CPU per 100k stanzas", "CPU s", function (r) return r.server_cpu_per_100k; end, lower = true,
 			chart = { "efficiency", function (v) return 1e5 / v; end, "stanzas per server CPU s" } },
 		{ "tls-pingpong", "server RSS per client after the window", "KiB", rss_under_load, lower = true },
-	};
+	}) do metrics[#metrics + 1] = m; end
 
 	local function gain(m, s, b)
 		if s and b and s > 0 and b > 0 then return m.lower and s / b or b / s; end
