@@ -421,6 +421,23 @@ static int at_code(const char *s, size_t len, size_t i) {
 }
 
 /*
+** The argument of escape and unescape, which stock reads as "s and
+** s:gsub(...)": 1 with the string in *s, *len; 0 for nil or false (none
+** counts as nil), left as the one result; -1 for anything else, stock's to
+** handle.
+*/
+static int escape_arg(lua_State *L, const char **s, size_t *len) {
+  int t = lua_type(L, 1);
+  if (t == LUA_TNONE || t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, 1))) {
+    lua_settop(L, 1);
+    return 0;
+  }
+  if (t != LUA_TSTRING) return -1;
+  *s = lua_tolstring(L, 1, len);
+  return 1;
+}
+
+/*
 ** escape(s): s:gsub("\\%x%x", backslash_escapes):gsub("[\"&'/:<>@ ]", escapes).
 ** The first pass turns an existing escape sequence "\xy" into "\5cxy"; its
 ** output has none of the characters the second pass replaces, so both
@@ -430,13 +447,8 @@ static int l_escape(lua_State *L) {
   size_t len, i;
   const char *s;
   luaL_Buffer b;
-  int t = lua_type(L, 1);
-  if (t == LUA_TNONE || t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, 1))) {
-    lua_settop(L, 1);
-    return 1;
-  }
-  if (t != LUA_TSTRING) return delegate(L);
-  s = lua_tolstring(L, 1, &len);
+  int k = escape_arg(L, &s, &len);
+  if (k <= 0) return k < 0 ? delegate(L) : 1;
   luaL_buffinit(L, &b);
   for (i = 0; i < len;) {
     const char *e;
@@ -462,13 +474,8 @@ static int l_unescape(lua_State *L) {
   size_t len, i;
   const char *s;
   luaL_Buffer b;
-  int t = lua_type(L, 1);
-  if (t == LUA_TNONE || t == LUA_TNIL || (t == LUA_TBOOLEAN && !lua_toboolean(L, 1))) {
-    lua_settop(L, 1);
-    return 1;
-  }
-  if (t != LUA_TSTRING) return delegate(L);
-  s = lua_tolstring(L, 1, &len);
+  int k = escape_arg(L, &s, &len);
+  if (k <= 0) return k < 0 ? delegate(L) : 1;
   luaL_buffinit(L, &b);
   for (i = 0; i < len;) {
     int c;
